@@ -1,0 +1,22 @@
+"""The `flashtag` command line. Each area registers its commands from `bot.commands`."""
+
+from __future__ import annotations
+
+import typer
+
+from bot.commands import config_cmd, db_cmd
+
+app = typer.Typer(
+    name="flashtag",
+    help="Sell by posts on Mastodon and X: hashtag orders, first-come stock, prepaid credits.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+config_cmd.register(app)
+db_cmd.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,43 @@
+"""All of flashtag's tables, package by package, and the Alembic upgrade that creates them."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import MetaData
+
+from config.database import normalize_url
+
+# Each package keeps its own metadata; the bot is the only place that sees them all.
+METADATA_MODULES = ("wallet.tables", "orders.tables", "bot.tables")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def all_metadata() -> list[MetaData]:
+    """Every package's table metadata (a package without tables yet is skipped)."""
+    found: list[MetaData] = []
+    for name in METADATA_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        found.append(module.metadata)
+    return found
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` up to `revision` (the Procfile's release step)."""
+    command.upgrade(alembic_config(url), revision)

@@ -1,0 +1,274 @@
+"""The brand file schema: a brand, its bot accounts, and its campaigns with their products.
+
+A brand file is TOML. Every table rejects unknown keys, so a typo is an error, not a silent
+default. Money is in integer minor units of the campaign currency (CNY 1999.00 is 199900).
+Secrets never appear here: accounts name the environment variables that hold their tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+Platform = Literal["mastodon", "x"]
+Language = Literal["en", "ja", "zh"]
+COMMANDS = ("order", "cancel", "status", "balance", "topup", "help")
+Command = Literal["order", "cancel", "status", "balance", "topup", "help"]
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HASHTAG = re.compile(r"^\w+$")
+# ISO 4217 currencies whose minor unit is not 1/100.
+_MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must carry a UTC offset, for example 2012-10-30T12:00:00+08:00")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+def normalize_hashtag(tag: str) -> str:
+    """Mastodon's HashtagNormalizer: NFKC, case-fold, accents folded, invalid characters dropped.
+
+    `#ＭＩ２`, `#Mi2` and `#mi2` all become `mi2`; `#Über` becomes `uber`.
+    """
+    text = unicodedata.normalize("NFKC", tag).casefold()
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(c for c in unicodedata.normalize("NFC", folded) if c.isalnum() or c in "_·")
+
+
+def env_var_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError("must be the NAME of an environment variable (A-Z, 0-9, _), not a secret")
+    return value
+
+
+EnvVarName = Annotated[str, AfterValidator(env_var_name)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class MastodonAccount(Strict):
+    """The brand's bot account on a Mastodon server."""
+
+    base_url: str = Field(description="The server, e.g. https://mastodon.social")
+    username: str = Field(min_length=1, description="The bot's acct on that server, e.g. xiaomi")
+    token_env: EnvVarName = Field(description="Env var holding the access token")
+    stream: bool = True
+    hashtag_stream: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class XAccount(Strict):
+    """The brand's bot account on X (API v2)."""
+
+    username: str = Field(min_length=1)
+    user_id: str | None = Field(
+        None, pattern=r"^\d+$", description="Numeric id, looked up if absent"
+    )
+    bearer_token_env: EnvVarName
+    consumer_key_env: EnvVarName | None = None
+    consumer_secret_env: EnvVarName | None = None
+    access_token_env: EnvVarName | None = None
+    access_token_secret_env: EnvVarName | None = None
+    filtered_stream: bool = False
+
+
+class Accounts(Strict):
+    mastodon: MastodonAccount | None = None
+    x: XAccount | None = None
+
+
+class Product(Strict):
+    """One SKU: its stock, price and the words that pick it out of a post."""
+
+    sku: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1)
+    price: int = Field(ge=0, description="Price per unit in minor units of the campaign currency")
+    stock: int = Field(ge=0, description="Units offered")
+    variant: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(
+        default_factory=dict,
+        description="Named groups of synonyms; a post picks this SKU when every group matches",
+    )
+
+    @field_validator("variant")
+    @classmethod
+    def _groups_not_empty(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, words in value.items():
+            if not words:
+                raise ValueError(f"variant group {name!r} has no words")
+        return value
+
+
+class Words(Strict):
+    """Extra command words a brand adds, per language, on top of the built-in ones."""
+
+    order: list[str] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list)
+    status: list[str] = Field(default_factory=list)
+    balance: list[str] = Field(default_factory=list)
+    topup: list[str] = Field(default_factory=list)
+    help: list[str] = Field(default_factory=list)
+
+
+class Announcements(Strict):
+    """Public posts the clock makes, with `{placeholders}` filled in."""
+
+    open: dict[Language, str] = Field(default_factory=dict)
+    close: dict[Language, str] = Field(default_factory=dict)
+    progress: dict[Language, str] = Field(default_factory=dict)
+    progress_every_minutes: PositiveInt = 10
+
+
+class CronJob(Strict):
+    """A brand-defined scheduled job: a built-in action on a cron schedule."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    cron: str = Field(description="Five-field crontab expression, in the campaign time zone")
+    action: Literal["progress_post", "expire_holds", "reconcile_payments", "announce"]
+    message: dict[Language, str] = Field(default_factory=dict)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must have five fields: minute hour day month weekday")
+        return value
+
+
+class Campaign(Strict):
+    """One sale: a hashtag, a window, products and the rules buyers play by."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: str = Field(min_length=1)
+    hashtag: str = Field(min_length=1, description="Without '#'; matched after normalisation")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
+    timezone: str = "UTC"
+    require_mention: bool = True
+    per_buyer_limit: PositiveInt = 1
+    hold_minutes: PositiveFloat = Field(30, description="How long an unpaid reservation is held")
+    reminder_minutes: float = Field(
+        5, ge=0, description="Remind buyers this long before a hold lapses"
+    )
+    confirmation_step: bool = False
+    cancel_until: AwareDatetime | None = Field(
+        None, description="Confirmed orders may be cancelled for a refund until then"
+    )
+    topup_min: PositiveInt = Field(100, description="Smallest top-up, minor units")
+    topup_max: PositiveInt = Field(1_000_000, description="Largest top-up, minor units")
+    language: Language = "en"
+    products: list[Product] = Field(min_length=1)
+    words: dict[Language, Words] = Field(default_factory=dict)
+    announcements: Announcements = Field(default_factory=Announcements)
+    jobs: list[CronJob] = Field(default_factory=list)
+
+    @field_validator("hashtag")
+    @classmethod
+    def _hashtag(cls, value: str) -> str:
+        value = value.removeprefix("#")
+        if not _HASHTAG.match(value):
+            raise ValueError("must be letters, digits or underscores, without '#'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Campaign:
+        if self.closes_at <= self.opens_at:
+            raise ValueError("closes_at must be after opens_at")
+        if self.topup_max < self.topup_min:
+            raise ValueError("topup_max must not be below topup_min")
+        seen: set[str] = set()
+        for index, product in enumerate(self.products):
+            if product.sku in seen:
+                raise DuplicateError(("products", index, "sku"), f"duplicate SKU {product.sku!r}")
+            seen.add(product.sku)
+        ids = [job.id for job in self.jobs]
+        for index, job_id in enumerate(ids):
+            if job_id in ids[:index]:
+                raise DuplicateError(("jobs", index, "id"), f"duplicate job id {job_id!r}")
+        return self
+
+    @property
+    def tag(self) -> str:
+        """The hashtag as Mastodon normalises it, the form every comparison uses."""
+        return normalize_hashtag(self.hashtag)
+
+    @property
+    def minor_digits(self) -> int:
+        return _MINOR_DIGITS.get(self.currency, 2)
+
+    @property
+    def total_stock(self) -> int:
+        return sum(p.stock for p in self.products)
+
+    def product(self, sku: str) -> Product:
+        for product in self.products:
+            if product.sku == sku:
+                return product
+        raise KeyError(sku)
+
+
+class BrandInfo(Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: str = Field(min_length=1)
+    language: Language = "en"
+
+
+class Brand(Strict):
+    """A whole brand file."""
+
+    brand: BrandInfo
+    accounts: Accounts = Field(default_factory=Accounts)
+    campaigns: list[Campaign] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_campaigns(self) -> Brand:
+        ids = [c.id for c in self.campaigns]
+        for index, campaign_id in enumerate(ids):
+            if campaign_id in ids[:index]:
+                raise DuplicateError(
+                    ("campaigns", index, "id"), f"duplicate campaign id {campaign_id!r}"
+                )
+        return self
+
+    def campaign(self, campaign_id: str | None = None) -> Campaign:
+        """The campaign with this id, or the only/first one when no id is given."""
+        if campaign_id is None:
+            return self.campaigns[0]
+        for campaign in self.campaigns:
+            if campaign.id == campaign_id:
+                return campaign
+        raise KeyError(campaign_id)
+
+
+class DuplicateError(ValueError):
+    """A duplicate id, carrying the relative path of the offending field for the error report."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,158 @@
+"""Load and validate brand files, with errors that name the file, the field and the line.
+
+`tomllib` keeps no positions, so `locate()` scans the source for table headers and keys and maps a
+field path such as `campaigns[0].products[1].stock` to the line that defines it (or, for a missing
+field, to the header of the table that should hold it).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from config.brand import Brand, DuplicateError
+
+Path_ = tuple[str | int, ...]
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.\- "']+?)\s*=""")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in a brand file."""
+
+    file: str
+    field: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field or '<file>'}: {self.message}"
+
+
+class BrandFileError(Exception):
+    """A brand file failed to load; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def _split_key(dotted: str) -> list[str]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([^.\s]+)', dotted)
+    return [a or b or c for a, b, c in parts]
+
+
+def _index_lines(source: str) -> dict[Path_, int]:
+    """Map every table, array-of-tables element and key in `source` to its line number."""
+    lines: dict[Path_, int] = {}
+    counters: dict[Path_, int] = {}
+    table: Path_ = ()
+    in_multiline: str | None = None
+    for number, raw in enumerate(source.splitlines(), start=1):
+        if in_multiline:
+            if in_multiline in raw:
+                in_multiline = None
+            continue
+        header = _HEADER.match(raw)
+        if header:
+            names = _split_key(header.group(2))
+            path: list[str | int] = []
+            for i, name in enumerate(names):
+                path.append(name)
+                prefix = tuple(path)
+                if prefix in counters and not (i == len(names) - 1 and header.group(1) == "[["):
+                    path.append(counters[prefix] - 1)
+            if header.group(1) == "[[":
+                key = tuple(path)
+                counters[key] = counters.get(key, 0) + 1
+                path.append(counters[key] - 1)
+            table = tuple(path)
+            lines.setdefault(table, number)
+            continue
+        assignment = _KEY.match(raw)
+        if assignment:
+            full = table + tuple(_split_key(assignment.group(1)))
+            lines.setdefault(full, number)
+            for quote in ('"""', "'''"):
+                if raw.count(quote) == 1:
+                    in_multiline = quote
+    return lines
+
+
+def locate(source: str, path: Path_) -> int | None:
+    """The line defining `path`, or of its closest enclosing table or key."""
+    index = _index_lines(source)
+    for end in range(len(path), -1, -1):
+        if path[:end] in index:
+            return index[path[:end]]
+    return None
+
+
+def format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_errors(file: str, source: str, error: ValidationError) -> list[FieldError]:
+    found: list[FieldError] = []
+    for item in error.errors():
+        path: Path_ = tuple(p for p in item["loc"] if not isinstance(p, str) or "[" not in p)
+        message = item["msg"]
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, DuplicateError):
+            path = path + cause.path
+            message = str(cause)
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        found.append(FieldError(file, format_path(path), locate(source, path), message))
+    return found
+
+
+def parse_brand(source: str, file: str = "<brand>") -> Brand:
+    """Validate brand-file text; raise `BrandFileError` listing every problem."""
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_POSITION.search(str(exc))
+        line = int(match.group(1)) if match else None
+        raise BrandFileError([FieldError(file, "", line, f"invalid TOML: {exc}")]) from exc
+    try:
+        return Brand.model_validate(data)
+    except ValidationError as exc:
+        raise BrandFileError(_pydantic_errors(file, source, exc)) from exc
+
+
+def load_brand(path: str | Path) -> Brand:
+    """Read and validate one brand file."""
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrandFileError([FieldError(str(path), "", None, f"cannot read: {exc}")]) from exc
+    return parse_brand(source, str(path))
+
+
+def load_brands(paths: list[Path]) -> list[Brand]:
+    """Load several brand files; errors from all of them are reported together."""
+    brands: list[Brand] = []
+    errors: list[FieldError] = []
+    for path in paths:
+        try:
+            brands.append(load_brand(path))
+        except BrandFileError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise BrandFileError(errors)
+    return brands
