@@ -11,8 +11,15 @@ from sqlalchemy import MetaData
 
 from config.database import normalize_url
 
-# Each package keeps its own metadata; the bot is the only place that sees them all.
-METADATA_MODULES = ("wallet.tables", "orders.tables", "bot.tables")
+# Each package keeps its own metadata (one MetaData per package, in `<package>/tables.py`);
+# table modules listed here register their tables on it. The bot is the only place that sees
+# them all.
+METADATA_MODULES = (
+    "wallet.tables",
+    "wallet.stripe_tables",
+    "orders.tables",
+    "bot.tables",
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,7 +34,8 @@ def all_metadata() -> list[MetaData]:
             if exc.name != name:
                 raise
             continue
-        found.append(module.metadata)
+        if all(module.metadata is not m for m in found):
+            found.append(module.metadata)
     return found
 
 
