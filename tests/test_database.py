@@ -33,7 +33,7 @@ def test_postgres_connects_through_psycopg(pg_database: str) -> None:
 
 
 def test_two_sqlite_writers_queue_rather_than_fail(tmp_path: Path) -> None:
-    """Each transaction takes the write lock at BEGIN, so concurrent read-modify-write never loses."""
+    """The write lock is taken at BEGIN, so concurrent read-modify-write loses nothing."""
     url = f"sqlite:///{tmp_path / 'w.db'}"
     engine = create_engine(url)
     with engine.begin() as conn:
