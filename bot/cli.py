@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.commands import config_cmd, db_cmd
+from bot.commands import config_cmd, db_cmd, wallet_cmd
 
 app = typer.Typer(
     name="flashtag",
@@ -16,6 +16,7 @@ app = typer.Typer(
 
 config_cmd.register(app)
 db_cmd.register(app)
+wallet_cmd.register(app)
 
 
 def main() -> None:

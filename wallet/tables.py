@@ -1,0 +1,165 @@
+"""The ledger's tables: accounts, transfers and their legs.
+
+The database enforces what it can on its own, so no code path (not even raw SQL) can break the
+core rules:
+
+- every amount is a positive integer of minor units; every balance column is non-negative;
+- a buyer wallet (and a campaign's sales account) can never be overdrawn: the account row carries
+  TigerBeetle-style running totals and a CHECK that debits (posted + pending) never exceed
+  posted credits;
+- a transfer's idempotency id (`ref`) is unique;
+- a transfer has at most one debit leg and one credit leg, each carrying exactly the transfer's
+  amount and currency (a composite foreign key onto the transfer), so its legs sum to zero;
+- a leg's account is in the transfer's currency (a composite foreign key onto the account);
+- only a purchase can be pending or voided; a pending transfer has an expiry and no resolution
+  time, a settled one has its resolution time.
+
+What a CHECK cannot see across rows (both legs present; the running totals equal the sums of
+the legs) is verified by `wallet.ledger.audit`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from config.database import new_metadata
+
+metadata = new_metadata()
+
+ACCOUNT_KINDS = ("wallet", "sales", "clearing")
+TRANSFER_KINDS = ("topup", "cashout", "purchase", "refund")
+TRANSFER_STATES = ("pending", "posted", "voided")
+SIDES = ("debit", "credit")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger stores UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# BIGINT ids on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "wallet_accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    # wallet: the buyer key "platform:account_id"; sales: the campaign id; clearing: "stripe".
+    Column("owner", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("credits_posted", BigInteger, nullable=False, server_default="0"),
+    Column("debits_posted", BigInteger, nullable=False, server_default="0"),
+    Column("credits_pending", BigInteger, nullable=False, server_default="0"),
+    Column("debits_pending", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("kind", "owner", "currency"),
+    UniqueConstraint("id", "currency", name="uq_wallet_accounts_id_currency"),
+    CheckConstraint(_in("kind", ACCOUNT_KINDS), name="kind"),
+    CheckConstraint("length(currency) = 3 AND upper(currency) = currency", name="currency"),
+    CheckConstraint("length(owner) > 0", name="owner"),
+    CheckConstraint(
+        # "\\:" keeps SQLAlchemy from reading ":_" as a bind parameter.
+        "kind <> 'wallet' OR (owner LIKE '_%\\:_%' AND owner NOT LIKE '% %')",
+        name="buyer_key",
+    ),
+    CheckConstraint(
+        "credits_posted >= 0 AND debits_posted >= 0 AND credits_pending >= 0 "
+        "AND debits_pending >= 0",
+        name="totals_non_negative",
+    ),
+    # The rule the whole wallet rests on: a buyer can never spend (or hold) more than was paid
+    # in. The Stripe clearing account is the only one allowed to run a debit balance.
+    CheckConstraint(
+        "kind = 'clearing' OR debits_posted + debits_pending <= credits_posted",
+        name="no_overdraft",
+    ),
+)
+
+transfers = Table(
+    "wallet_transfers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ref", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("resolved_at", UtcDateTime, nullable=True),
+    UniqueConstraint("ref"),
+    UniqueConstraint("id", "amount", "currency", name="uq_wallet_transfers_id_amount_currency"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("length(ref) > 0", name="ref"),
+    CheckConstraint(_in("kind", TRANSFER_KINDS), name="kind"),
+    CheckConstraint(_in("state", TRANSFER_STATES), name="state"),
+    CheckConstraint("state = 'posted' OR kind = 'purchase'", name="only_holds_pend"),
+    CheckConstraint(
+        "(state = 'pending' AND resolved_at IS NULL AND expires_at IS NOT NULL) "
+        "OR (state <> 'pending' AND resolved_at IS NOT NULL)",
+        name="resolution",
+    ),
+)
+Index("ix_wallet_transfers_pending_expiry", transfers.c.state, transfers.c.expires_at)
+
+legs = Table(
+    "wallet_legs",
+    metadata,
+    Column("transfer_id", Id, primary_key=True),
+    Column("side", String(6), primary_key=True),
+    Column("account_id", Id, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    CheckConstraint(_in("side", SIDES), name="side"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    ForeignKeyConstraint(
+        ["transfer_id", "amount", "currency"],
+        [transfers.c.id, transfers.c.amount, transfers.c.currency],
+        name="fk_wallet_legs_transfer_amount",
+    ),
+    ForeignKeyConstraint(
+        ["account_id", "currency"],
+        [accounts.c.id, accounts.c.currency],
+        name="fk_wallet_legs_account_currency",
+    ),
+)
+Index("ix_wallet_legs_account_id", legs.c.account_id)
