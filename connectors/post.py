@@ -28,6 +28,7 @@ class Post:
       on Mastodon, `username` on X), never scraped from HTML. None means the payload had no
       structured field, so the parser reads them from the text.
     - `edited_at` is set on an edit signal: the same post id, new content.
+    - `repost` is true for a boost or retweet: someone else's words, never an order.
     """
 
     platform: PlatformName
@@ -43,6 +44,7 @@ class Post:
     reply_to: str | None = None
     visibility: Visibility = "public"
     body: str | None = None
+    repost: bool = False
     raw: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property

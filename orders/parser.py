@@ -1,0 +1,540 @@
+"""The order parser: one post plus one campaign gives exactly one `Decision`.
+
+`compile_grammar(brand, campaign)` does all the work that depends only on the brand file (word
+tables, variant synonyms, bot account names, regular expressions) once per campaign.
+`parse(post, grammar)` is then a pure function: one normalisation pass over the text and a
+handful of regular-expression and dictionary look-ups. It never raises; a post it cannot read
+at all becomes `reject` with reason `unparseable`. Every reason code is documented, with
+examples in English, Japanese and Chinese, in docs/parser.md.
+
+Order of judgement, first match wins:
+
+1. a repost (boost/retweet) -> `ignore repost`; not carrying the campaign hashtag or (when the
+   campaign requires it) not mentioning the brand's account on the post's platform ->
+   `ignore not_addressed`;
+2. with hashtags and mentions removed, the first command word decides cancel / status /
+   balance / topup (with its amount) / help;
+3. otherwise the post is an order: its quantity, then its variant (SKU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from config.brand import Brand, Campaign, normalize_hashtag
+from orders.commands import Decision, DecisionKind
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES = ("en", "ja", "zh")
+
+# Reason codes (docs/parser.md explains each one to buyers and brands).
+NOT_ADDRESSED = "not_addressed"
+REPOST = "repost"
+NO_STATUS = "no_status"
+BAD_QUANTITY = "bad_quantity"
+OVER_LIMIT = "over_limit"
+AMBIGUOUS_VARIANT = "ambiguous_variant"
+UNKNOWN_VARIANT = "unknown_variant"
+BAD_AMOUNT = "bad_amount"
+AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+MALFORMED_INPUT = "malformed_input"
+UNPARSEABLE = "unparseable"
+REASONS = (
+    NOT_ADDRESSED,
+    REPOST,
+    NO_STATUS,
+    BAD_QUANTITY,
+    OVER_LIMIT,
+    AMBIGUOUS_VARIANT,
+    UNKNOWN_VARIANT,
+    BAD_AMOUNT,
+    AMOUNT_OUT_OF_RANGE,
+    MALFORMED_INPUT,
+    UNPARSEABLE,
+)
+
+# Built-in command words; brands add their own per language in the brand file.
+COMMAND_WORDS: Mapping[DecisionKind, tuple[str, ...]] = {
+    "cancel": ("cancel", "キャンセル", "取消"),
+    "status": ("status", "状況", "ステータス", "状态"),
+    "balance": ("balance", "残高", "余额"),
+    "topup": ("topup", "top-up", "top up", "チャージ", "充值"),
+    "help": ("help", "ヘルプ", "帮助"),
+}
+ORDER_WORDS = ("order", "buy", "reserve", "予約", "注文", "购买", "预约", "订购")
+
+EN_NUMBERS = {
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
+CJK_NUMBERS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "兩": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+    "十": 10,
+}
+COUNTERS = "台個个部"
+
+_CJK = (
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u31f0-\u31ff"  # katakana phonetic extensions
+    "\u3400-\u4dbf"  # CJK extension A
+    "\u4e00-\u9fff"  # CJK unified ideographs
+    "\uf900-\ufaff"  # CJK compatibility ideographs
+    "\uac00-\ud7af"  # hangul syllables
+)
+_CJK_RE = re.compile(f"[{_CJK}]")
+_KANA_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff]")
+_HAN_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# A Latin "word character" for whole-word matching. CJK letters are deliberately not in it, so
+# `32g黑色` still has the whole word `32g` in it.
+_LW = r"0-9a-z_\u00c0-\u024f"
+
+# Characters the normaliser removes: Unicode format characters (Cf: zero-width spaces and
+# joiners, bidi controls, the BOM) and controls (Cc) other than whitespace, which becomes a space.
+# (Planes 2-13 and 15-16 hold none of them; scanning only 0-1 and 14 keeps imports fast.)
+_REMOVED = "".join(
+    chr(c)
+    for c in itertools.chain(range(0x20000), range(0xE0000, 0xE1000))
+    if unicodedata.category(chr(c)) in ("Cf", "Cc") and not chr(c).isspace()
+)
+_STRIP_CHARS_RE = re.compile("[" + re.escape(_REMOVED) + "]")
+_WHITESPACE_CONTROLS_RE = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f\x85]")
+
+_HASHTAG_RE = re.compile(r"#([\w·]+)")
+_MENTION_RE = re.compile(r"@([\w.\-]+(?:@[\w\-]+(?:\.[\w\-]+)+)?)")
+_TAGS_AND_MENTIONS_RE = re.compile(r"#[\w·]+#?|@[\w.\-]+(?:@[\w\-]+(?:\.[\w\-]+)+)?")
+
+_QUANTITY_RE = re.compile(
+    rf"""
+    (?:
+        (?:(?<![{_LW}])[x×]|×)\s*                       # x2, × 2
+        (?P<pre>[-−+]?\d+(?:[.,/⁄]\d+)?)
+        (?![{_LW}.,/⁄:])
+    |
+        (?<![{_LW}.,/⁄:\-−+])
+        (?P<num>[-−+]?\d+(?:[.,/⁄]\d+)?)
+        (?:
+            \s*(?P<unit>pcs|pc|units?|x|×)(?![{_LW}])   # 2 pcs, 2x
+            | \s*[{COUNTERS}]                          # 2台
+            | (?![{_LW}.,/⁄:]|\s*(?:gb|g|tb|mb|gig|inch|in|mah|mm|cm|寸|元|円|块|%)(?![a-z]))
+        )
+    |
+        (?<![a-z])(?P<word>zero|one|two|three|four|five|six|seven|eight|nine|ten)(?![a-z])
+    |
+        (?P<cjk>[零〇一二两兩三四五六七八九十])[{COUNTERS}つ]
+    |
+        (?P<bad>(?:几|幾|何|多少|半)[{COUNTERS}]
+            |(?:many|some|several|few|lots?|all|half)\s*(?:pcs|units?)(?![a-z])
+            |×\s*(?![-−+]?\d)[a-z\u3040-\u9fff])
+    )
+    """,
+    re.VERBOSE,
+)
+
+_AMOUNT_RE = re.compile(
+    rf"""
+    [\s:=]*
+    (?:[¥$€£]|cny|rmb|usd|jpy|eur|gbp)?\s*
+    (?P<num>[-−+]?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?)
+    (?![{_LW}.,]|\s*(?:gb|g)(?![a-z]))
+    """,
+    re.VERBOSE,
+)
+_MEANINGLESS_RE = re.compile(r"[\W_]*")
+
+
+class ParsablePost(Protocol):
+    """What the parser reads from a post; `connectors.post.Post` has all of it."""
+
+    @property
+    def platform(self) -> str: ...
+    @property
+    def post_id(self) -> str: ...
+    @property
+    def author_id(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def body(self) -> str | None: ...
+    @property
+    def hashtags(self) -> tuple[str, ...] | None: ...
+    @property
+    def mentions(self) -> tuple[str, ...] | None: ...
+    @property
+    def lang(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, case-folded, format and control characters removed (whitespace ones -> space)."""
+    if text.isascii():
+        if not text.isprintable():
+            text = _WHITESPACE_CONTROLS_RE.sub(" ", text)
+            text = _STRIP_CHARS_RE.sub("", text)
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _WHITESPACE_CONTROLS_RE.sub(" ", text)
+    return _STRIP_CHARS_RE.sub("", text)
+
+
+def _word(word: str) -> str:
+    return " ".join(normalize_text(word).split())
+
+
+def _is_cjk(word: str) -> bool:
+    return _CJK_RE.search(word) is not None
+
+
+def _alternation(words: Iterable[str], *, spaced_units: bool = False) -> str:
+    """A regex alternation: Latin words whole-word, CJK words as substrings; longest first."""
+    latin: list[str] = []
+    cjk: list[str] = []
+    for word in sorted(set(words), key=lambda w: (-len(w), w)):
+        if _is_cjk(word):
+            cjk.append(re.escape(word))
+            continue
+        pattern = r"\s+".join(re.escape(part) for part in word.split())
+        if spaced_units:
+            # "32gb" also matches "32 gb"
+            pattern = re.sub(r"^(\d+)([a-z]+)$", r"\1\\s*\2", pattern)
+        latin.append(pattern)
+    parts = []
+    if latin:
+        parts.append(rf"(?<![{_LW}])(?:{'|'.join(latin)})(?![{_LW}])")
+    if cjk:
+        parts.append("|".join(cjk))
+    return "|".join(parts) if parts else r"(?!x)x"
+
+
+def _squash(word: str) -> str:
+    return "".join(word.split())
+
+
+@dataclass(frozen=True, slots=True)
+class _Variants:
+    pattern: re.Pattern[str]
+    groups_of: Mapping[str, frozenset[int]]  # squashed synonym -> ids of the groups it is in
+    products: tuple[tuple[str, frozenset[int]], ...]  # (sku, required group ids)
+    digit_words: frozenset[str]  # synonyms the quantity reader must not see (e.g. "pro 2")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Grammar:
+    """Everything `parse` needs for one campaign, compiled once."""
+
+    brand_id: str
+    campaign_id: str
+    tag: str
+    require_mention: bool
+    accounts: Mapping[str, frozenset[str]]  # platform -> bot account names, lower-case
+    command_pattern: re.Pattern[str]
+    command_of: Mapping[str, DecisionKind]
+    order_words: frozenset[str]
+    variants: _Variants
+    single_sku: str | None
+    per_buyer_limit: int
+    minor_digits: int
+    topup_min: int
+    topup_max: int
+    fallback_lang: str
+    _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict, repr=False)
+
+
+def _accounts(brand: Brand) -> dict[str, frozenset[str]]:
+    mastodon: set[str] = set()
+    x: set[str] = set()
+    if brand.accounts.mastodon is not None:
+        name = brand.accounts.mastodon.username.removeprefix("@").lower()
+        host = (urlsplit(brand.accounts.mastodon.base_url).hostname or "").lower()
+        mastodon.add(name.split("@")[0])
+        mastodon.add(name if "@" in name else f"{name}@{host}")
+    if brand.accounts.x is not None:
+        x.add(brand.accounts.x.username.removeprefix("@").lower())
+    return {
+        "mastodon": frozenset(mastodon),
+        "x": frozenset(x),
+        "text": frozenset(mastodon | x),
+    }
+
+
+def _compile_variants(campaign: Campaign) -> _Variants:
+    group_ids: dict[frozenset[str], int] = {}
+    groups_of: dict[str, set[int]] = {}
+    products: list[tuple[str, frozenset[int]]] = []
+    for product in campaign.products:
+        required: set[int] = set()
+        for synonyms in product.variant.values():
+            words = frozenset(w for w in (_word(s) for s in synonyms) if w)
+            if not words:
+                continue
+            gid = group_ids.setdefault(words, len(group_ids))
+            required.add(gid)
+            for word in words:
+                groups_of.setdefault(_squash(word), set()).add(gid)
+        products.append((product.sku, frozenset(required)))
+    storage = re.compile(r"^\d+(?:gb|g|tb|mb)$")
+    digit_words = frozenset(
+        w for w in groups_of if any(c.isdigit() for c in w) and not storage.match(w)
+    )
+    all_words = [w for words in group_ids for w in words]
+    return _Variants(
+        pattern=re.compile(_alternation(all_words, spaced_units=True)),
+        groups_of={w: frozenset(g) for w, g in groups_of.items()},
+        products=tuple(products),
+        digit_words=digit_words,
+    )
+
+
+def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
+    """Precompile the matchers of one campaign of a brand file."""
+    command_of: dict[str, DecisionKind] = {}
+    for command, words in COMMAND_WORDS.items():
+        for word in words:
+            command_of[_word(word)] = command
+    order_words = {_word(w) for w in ORDER_WORDS}
+    for extra in campaign.words.values():
+        for command in COMMAND_WORDS:
+            for word in getattr(extra, command):
+                if _word(word):
+                    command_of[_word(word)] = command
+        order_words.update(_word(w) for w in extra.order if _word(w))
+    variants = _compile_variants(campaign)
+    return Grammar(
+        brand_id=brand.brand.id,
+        campaign_id=campaign.id,
+        tag=campaign.tag,
+        require_mention=campaign.require_mention,
+        accounts=_accounts(brand),
+        command_pattern=re.compile(_alternation(command_of)),
+        command_of=command_of,
+        order_words=frozenset(order_words),
+        variants=variants,
+        single_sku=campaign.products[0].sku if len(campaign.products) == 1 else None,
+        per_buyer_limit=campaign.per_buyer_limit,
+        minor_digits=campaign.minor_digits,
+        topup_min=campaign.topup_min,
+        topup_max=campaign.topup_max,
+        fallback_lang=campaign.language,
+    )
+
+
+def detect_lang(text: str) -> str:
+    """Script-based guess: any kana -> ja, else any Han -> zh, else en."""
+    if text.isascii():
+        return "en"
+    if _KANA_RE.search(text):
+        return "ja"
+    if _HAN_RE.search(text):
+        return "zh"
+    return "en"
+
+
+_LANG_OF = {"en": "en", "ja": "ja", "zh": "zh"}
+
+
+def _lang(declared: str | None, text: str) -> str:
+    if declared:
+        found = _LANG_OF.get(declared)
+        if found is not None:
+            return found
+        prefix = declared[:2].lower()
+        if prefix in _LANG_OF and (len(declared) == 2 or declared[2] in "-_"):
+            return prefix
+    return detect_lang(text)
+
+
+def _decision(
+    grammar: Grammar,
+    kind: DecisionKind,
+    lang: str,
+    *,
+    sku: str | None = None,
+    quantity: int | None = None,
+    amount: int | None = None,
+    reason: str | None = None,
+) -> Decision:
+    # Decisions are immutable and few: share them instead of building one per post.
+    key = (kind, lang, sku, quantity, amount, reason)
+    cache = grammar._decisions
+    found = cache.get(key)
+    if found is None:
+        found = Decision(kind, sku=sku, quantity=quantity, amount=amount, reason=reason, lang=lang)
+        if len(cache) < 4096:
+            cache[key] = found
+    return found
+
+
+def _addressed(post: ParsablePost, grammar: Grammar, text: str) -> bool:
+    tags = post.hashtags
+    if tags is None:
+        if "#" not in text:
+            return False
+        tags = tuple(_HASHTAG_RE.findall(text))
+    tag = grammar.tag
+    if tag not in tags and not any(normalize_hashtag(t) == tag for t in tags):
+        return False
+    if not grammar.require_mention:
+        return True
+    accounts = grammar.accounts.get(post.platform) or grammar.accounts["text"]
+    mentions = post.mentions
+    if mentions is None:
+        if "@" not in text:
+            return False
+        mentions = tuple(m.rstrip(".-") for m in _MENTION_RE.findall(text))
+    elif accounts.isdisjoint(mentions):
+        mentions = tuple(m.lower() for m in mentions)
+    return not accounts.isdisjoint(mentions)
+
+
+def _amount(rest: str, grammar: Grammar) -> int | str | None:
+    """Minor units, None for no amount, or a reason code."""
+    if _MEANINGLESS_RE.fullmatch(rest):
+        return None
+    match = _AMOUNT_RE.match(rest)
+    if match is None:
+        return BAD_AMOUNT
+    number = match.group("num").replace(",", "")
+    if number[0] in "-−+":
+        if number[0] != "+":
+            return BAD_AMOUNT
+        number = number[1:]
+    whole, _, fraction = number.partition(".")
+    digits = grammar.minor_digits
+    if len(fraction) > digits and fraction[digits:].strip("0"):
+        return BAD_AMOUNT
+    fraction = fraction[:digits].ljust(digits, "0")
+    amount = int(whole) * int(10**digits) + (int(fraction) if fraction else 0)
+    if amount <= 0:
+        return BAD_AMOUNT
+    if not grammar.topup_min <= amount <= grammar.topup_max:
+        return AMOUNT_OUT_OF_RANGE
+    return amount
+
+
+def _quantity(rest: str, grammar: Grammar) -> int | str:
+    """The ordered quantity (1 when none is written), or a reason code."""
+    found: set[int] = set()
+    for pre, num, _unit, word, cjk, bad in _QUANTITY_RE.findall(rest):
+        if bad:
+            return BAD_QUANTITY
+        if word:
+            found.add(EN_NUMBERS[word])
+        elif cjk:
+            found.add(CJK_NUMBERS[cjk])
+        else:
+            value = pre or num
+            if not value.lstrip("-−+").isdigit() or value[0] in "-−":
+                return BAD_QUANTITY
+            found.add(int(value))
+    if not found:
+        return 1
+    if len(found) > 1:
+        return BAD_QUANTITY
+    quantity = found.pop()
+    if quantity <= 0:
+        return BAD_QUANTITY
+    if quantity > grammar.per_buyer_limit:
+        return OVER_LIMIT
+    return quantity
+
+
+def _variant(rest: str, grammar: Grammar) -> tuple[str | None, str]:
+    """(sku, "") when one product matches, else (None, reason)."""
+    variants = grammar.variants
+    words = variants.pattern.findall(rest)
+    groups_of = variants.groups_of
+    matched: set[int] = set()
+    for word in words:
+        gids = groups_of.get(word)
+        if gids is None:
+            gids = groups_of.get(_squash(word), frozenset())
+        matched |= gids
+    if grammar.single_sku is not None:
+        return grammar.single_sku, ""
+    skus = [sku for sku, required in variants.products if required and required <= matched]
+    if len(skus) == 1:
+        return skus[0], ""
+    if skus:
+        return None, AMBIGUOUS_VARIANT
+    defaults = [sku for sku, required in variants.products if not required]
+    if len(defaults) == 1:
+        return defaults[0], ""
+    return None, UNKNOWN_VARIANT
+
+
+def _parse(post: ParsablePost, grammar: Grammar) -> Decision:
+    text = normalize_text(post.text)
+    body = post.body
+    if body is not None:
+        rest = normalize_text(body)
+        lang = _lang(post.lang, rest)
+    else:
+        rest = ""
+        lang = _lang(post.lang, text)
+    if getattr(post, "repost", False):
+        return _decision(grammar, "ignore", lang, reason=REPOST)
+    if not _addressed(post, grammar, text):
+        return _decision(grammar, "ignore", lang, reason=NOT_ADDRESSED)
+    if body is None:
+        rest = _TAGS_AND_MENTIONS_RE.sub(" ", text) if ("#" in text or "@" in text) else text
+
+    command_match = grammar.command_pattern.search(rest)
+    if command_match is not None:
+        word = command_match.group()
+        command = grammar.command_of.get(word) or grammar.command_of[" ".join(word.split())]
+        if command == "topup":
+            amount = _amount(rest[command_match.end() :], grammar)
+            if isinstance(amount, str):
+                return _decision(grammar, "reject", lang, reason=amount)
+            return _decision(grammar, "topup", lang, amount=amount)
+        return _decision(grammar, command, lang)
+
+    sku, reason = _variant(rest, grammar)
+    if grammar.variants.digit_words:
+        for word in grammar.variants.digit_words:
+            rest = rest.replace(word, " ")
+    quantity = _quantity(rest, grammar)
+    if isinstance(quantity, str):
+        return _decision(grammar, "reject", lang, reason=quantity)
+    if sku is None:
+        return _decision(grammar, "reject", lang, reason=reason)
+    return _decision(grammar, "order", lang, sku=sku, quantity=quantity)
+
+
+def parse(post: ParsablePost, grammar: Grammar) -> Decision:
+    """Exactly one decision for `post` in `grammar`'s campaign. Pure; never raises."""
+    try:
+        return _parse(post, grammar)
+    except Exception:
+        logger.exception("cannot parse post %r", getattr(post, "post_id", None))
+        return Decision("reject", reason=UNPARSEABLE, lang=grammar.fallback_lang)
