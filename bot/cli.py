@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.commands import config_cmd, db_cmd, wallet_cmd
+from bot.commands import config_cmd, db_cmd, outbox_cmd, wallet_cmd
 
 app = typer.Typer(
     name="flashtag",
@@ -17,6 +17,7 @@ app = typer.Typer(
 config_cmd.register(app)
 db_cmd.register(app)
 wallet_cmd.register(app)
+outbox_cmd.register(app)
 
 
 def main() -> None:

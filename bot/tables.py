@@ -1,0 +1,141 @@
+"""The bot's tables: the outbox and the connector cursors (other bot tables join this metadata).
+
+- `outbox_messages`: one row per reply or direct message. UNIQUE(account, idempotency_key) makes
+  queueing the same outcome twice a no-op; `state` moves queued -> sending -> sent | failed (a
+  message whose sender died while `sending` is claimed again once its lease lapses). Senders
+  claim by (account, state, priority, due_at), which one index serves.
+- `connector_cursors`: per platform account, the position after the last applied signal. It is
+  written in the same transaction as the engine's apply, never before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from config.database import new_metadata
+
+metadata = new_metadata()
+
+OUTBOX_STATES = ("queued", "sending", "sent", "failed")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass a timezone-aware time")
+        stored: datetime = value.astimezone(UTC)
+        return stored.replace(tzinfo=None) if dialect.name == "sqlite" else stored
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        loaded: datetime = value
+        if loaded.tzinfo is None:
+            return loaded.replace(tzinfo=UTC)
+        return loaded.astimezone(UTC)
+
+
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+outbox_messages = Table(
+    "outbox_messages",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("account", String(120), nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("platform", String(20), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("buyer", String(200), nullable=False),
+    Column("handle", String(200), nullable=False),
+    Column("recipient_id", String(100)),
+    Column("in_reply_to", String(100)),
+    Column("visibility", String(10), nullable=False),
+    Column("lang", String(10)),
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(64), nullable=False),
+    Column("campaign_id", String(100)),
+    Column("reservation_id", BigInteger),
+    Column("state", String(10), nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("claimed_by", String(100)),
+    Column("lease_until", UtcDateTime),
+    Column("sent_at", UtcDateTime),
+    Column("platform_id", String(100)),
+    Column("error", Text),
+    UniqueConstraint("account", "idempotency_key"),
+    CheckConstraint("state IN ('queued', 'sending', 'sent', 'failed')", name="state_known"),
+    CheckConstraint(
+        "visibility IN ('public', 'unlisted', 'private', 'direct')", name="visibility_known"
+    ),
+    CheckConstraint("state <> 'sent' OR platform_id IS NOT NULL", name="sent_has_platform_id"),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+)
+Index(
+    "ix_outbox_claim",
+    outbox_messages.c.account,
+    outbox_messages.c.state,
+    outbox_messages.c.priority,
+    outbox_messages.c.due_at,
+    outbox_messages.c.id,
+)
+Index(
+    "ix_outbox_buyer_text",
+    outbox_messages.c.account,
+    outbox_messages.c.buyer,
+    outbox_messages.c.text_hash,
+)
+
+connector_cursors = Table(
+    "connector_cursors",
+    metadata,
+    Column("account_key", String(120), primary_key=True),
+    Column("cursor", String(200), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# The clock's leadership lease (SQLite; PostgreSQL uses an advisory lock) and one row per job
+# run slot, so two clocks never run the same job for the same slot (bot/clock.py, bot/jobs.py).
+clock_leases = Table(
+    "clock_leases",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("renewed_at", UtcDateTime, nullable=False),
+)
+
+clock_runs = Table(
+    "clock_runs",
+    metadata,
+    Column("job_id", String(120), primary_key=True),
+    Column("slot", String(40), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+)

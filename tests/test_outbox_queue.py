@@ -1,0 +1,190 @@
+"""Queueing replies: what a buyer would receive, how urgently, and how publicly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from bot import cursors
+from bot.links import LinkSigner
+from bot.outbox import queue, queue_status
+from bot.replies import load_templates
+from bot.tables import outbox_messages
+from config.database import session_factory
+from config.loader import load_brand
+from orders.outcomes import Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+BRAND = load_brand(ROOT / "config" / "brands" / "demo.toml")
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SIGNER = LinkSigner(b"0123456789abcdef0123456789abcdef")
+URL = "https://shop.example"
+
+
+def outcome(kind: str, post_id: str = "1001", **kw: object) -> Outcome:
+    fields: dict[str, object] = {
+        "platform": "mastodon",
+        "buyer": "mastodon:42",
+        "handle": "fan@social.example",
+        "campaign_id": "demo",
+        "sku": "DEMO-64-BLACK",
+        "quantity": 1,
+        "visibility": "public",
+    }
+    fields.update(kw)
+    return Outcome(kind=kind, post_id=post_id, **fields)  # type: ignore[arg-type]
+
+
+def _queue(engine: Engine, outcomes: list[Outcome]) -> int:
+    with session_factory(engine).begin() as session:
+        return queue(session, outcomes, brand=BRAND, now=NOW, public_url=URL, signer=SIGNER)
+
+
+def _rows(engine: Engine) -> list[dict[str, object]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox_messages).order_by(outbox_messages.c.id))
+        return [dict(r._mapping) for r in rows]
+
+
+def test_a_fan_gets_each_reply_once_even_if_the_batch_is_queued_again(engine: Engine) -> None:
+    batch = [
+        outcome("confirmed", "1", reservation_id=7),
+        outcome("waitlisted", "2", reservation_id=8, queue_position=3),
+    ]
+    assert _queue(engine, batch) == 2
+    assert _queue(engine, batch) == 0
+    rows = _rows(engine)
+    assert [r["idempotency_key"] for r in rows] == ["7:confirmed", "8:waitlisted"]
+    assert "number 3 on the waitlist" in str(rows[1]["text"])
+
+
+def test_payment_links_go_only_by_direct_message(engine: Engine) -> None:
+    _queue(
+        engine,
+        [
+            outcome(
+                "payment_needed",
+                reservation_id=9,
+                amount_due=29900,
+                hold_expires_at=NOW + timedelta(minutes=15),
+            ),
+            outcome("confirmed", "1002", reservation_id=10),
+        ],
+    )
+    by_kind = {r["kind"]: r for r in _rows(engine)}
+    pay = by_kind["payment_needed"]
+    assert pay["visibility"] == "direct"
+    assert f"{URL}/topup/" in str(pay["text"]) and "USD 299.00" in str(pay["text"])
+    assert "/topup/" not in str(by_kind["confirmed"]["text"])
+    assert f"{URL}/me/" in str(by_kind["confirmed"]["text"])
+
+
+@pytest.mark.parametrize(
+    ("post", "expected"),
+    [
+        ("public", "unlisted"),
+        ("unlisted", "unlisted"),
+        ("private", "private"),
+        ("direct", "direct"),
+    ],
+)
+def test_a_reply_is_never_more_public_than_the_post(
+    engine: Engine, post: str, expected: str
+) -> None:
+    _queue(engine, [outcome("confirmed", reservation_id=1, visibility=post)])
+    assert _rows(engine)[0]["visibility"] == expected
+
+
+def test_the_most_urgent_reply_has_the_lowest_priority_number(engine: Engine) -> None:
+    kinds = ["help", "rejected", "waitlisted", "promoted", "confirmed", "payment_needed"]
+    _queue(
+        engine,
+        [outcome(k, str(i), reservation_id=i, reason="over_limit") for i, k in enumerate(kinds)],
+    )
+    by_kind = {r["kind"]: r["priority"] for r in _rows(engine)}
+    ordered = sorted(by_kind, key=lambda k: by_kind[k])
+    assert ordered == list(reversed(kinds))
+
+
+def test_replies_follow_the_posts_language_and_fall_back_to_the_brands(engine: Engine) -> None:
+    _queue(
+        engine,
+        [
+            outcome("waitlisted", "1", reservation_id=1, lang="ja", queue_position=2),
+            outcome("waitlisted", "2", reservation_id=2, lang="zh-CN", queue_position=2),
+            outcome("waitlisted", "3", reservation_id=3, lang="ko", queue_position=2),
+        ],
+    )
+    texts = {r["lang"]: str(r["text"]) for r in _rows(engine)}
+    assert "キャンセル待ち" in texts["ja"]
+    assert "候补" in texts["zh"]
+    assert "waitlist" in texts["en"]  # Korean has no templates: the brand's English
+
+
+def test_a_buyer_never_gets_the_same_text_twice(engine: Engine) -> None:
+    # Five help requests from one fan, in two batches: X refuses duplicate replies.
+    _queue(engine, [outcome("help", str(i), reservation_id=None) for i in range(3)])
+    _queue(engine, [outcome("help", str(i), reservation_id=None) for i in range(3, 5)])
+    texts = [str(r["text"]) for r in _rows(engine)]
+    assert len(texts) == 5
+    assert len(set(texts)) == 5
+    # Another fan may get the first variant again.
+    _queue(engine, [outcome("help", "99", buyer="mastodon:43", handle="other")])
+    other = str(_rows(engine)[-1]["text"])
+    assert other.split(URL)[0] == texts[0].split(URL)[0]
+
+
+def test_ignored_and_duplicate_outcomes_send_nothing(engine: Engine) -> None:
+    assert _queue(engine, [outcome("ignored"), outcome("duplicate", "2")]) == 0
+    assert _rows(engine) == []
+
+
+def test_every_language_has_every_kind_and_the_same_placeholders() -> None:
+    templates = load_templates()
+    english = templates["en"]
+    for lang in ("ja", "zh"):
+        table = templates[lang]
+        assert set(table) == set(english), lang
+        for kind, variants in english.items():
+            if kind == "reasons":
+                continue
+            assert isinstance(variants, list)
+            for ours, theirs in zip(variants, table[kind], strict=True):  # type: ignore[call-overload]
+                assert ("{topup_url}" in ours) == ("{topup_url}" in theirs), (lang, kind)
+
+
+def test_status_counts_the_queue_per_priority(engine: Engine) -> None:
+    _queue(
+        engine,
+        [
+            outcome("payment_needed", "1", reservation_id=1, amount_due=100),
+            outcome("confirmed", "2", reservation_id=2),
+            outcome("confirmed", "3", reservation_id=3),
+        ],
+    )
+    with session_factory(engine)() as session:
+        (account,) = queue_status(session, now=NOW)
+    assert account.account == "demo:mastodon"
+    assert account.depth == {0: 1, 1: 2}
+    assert account.eta_seconds() is None  # nothing sent yet, so no pace to go by
+
+
+def test_cursors_advance_only_when_the_transaction_commits(engine: Engine) -> None:
+    factory = session_factory(engine)
+    with factory.begin() as session:
+        cursors.save(session, "demo:mastodon", "100", at=NOW)
+
+    def failed_batch() -> None:
+        with factory.begin() as session:
+            cursors.save(session, "demo:mastodon", "200", at=NOW)
+            raise RuntimeError("the engine's apply failed")
+
+    with pytest.raises(RuntimeError):
+        failed_batch()
+    with factory() as session:
+        assert cursors.load(session, "demo:mastodon") == "100"
+        assert cursors.load(session, "demo:x") is None
