@@ -19,6 +19,7 @@ METADATA_MODULES = (
     "wallet.stripe_tables",
     "orders.tables",
     "bot.tables",
+    "bot.links",
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
