@@ -1,0 +1,168 @@
+"""The engine's working state for one transaction: locked stock counters, pending writes.
+
+Every entry point (`apply`, `expire_holds`, `settle_buyer`, ...) opens a `Book` on the campaigns
+it touches. Opening it locks those campaigns' product rows in one fixed order (campaign id, then
+SKU) with `SELECT ... FOR UPDATE` on PostgreSQL (SQLite writers are already serialised by
+`BEGIN IMMEDIATE`). Everything that changes stock or reservations of a campaign therefore runs
+one transaction at a time per campaign, and workers that lock the same rows in the same order
+queue instead of deadlocking. Counter changes are accumulated in memory and written back at
+`close()` with one conditional UPDATE per SKU that can never oversell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from orders.bulk import insert_rows, is_postgres
+from orders.campaigns import CampaignRules, read_rules
+from orders.outcomes import Outcome
+from orders.tables import products, transitions
+
+
+class OversellPreventedError(RuntimeError):
+    """A stock UPDATE matched no row: the counters moved under us. The transaction must roll
+    back; nothing was oversold."""
+
+
+@dataclass(slots=True)
+class Stock:
+    """One SKU's counters as locked at the start of the transaction, plus our changes."""
+
+    stock: int
+    allocated: int
+    released: int
+    waitlisted: int
+    enqueued: int
+    d_allocated: int = 0
+    d_released: int = 0
+    d_waitlisted: int = 0
+    d_enqueued: int = 0
+
+    @property
+    def free(self) -> int:
+        """Units not allocated to anyone (they belong to the waitlist first, if any)."""
+        return self.stock - self.allocated - self.d_allocated
+
+    @property
+    def waiting(self) -> int:
+        return self.waitlisted + self.d_waitlisted
+
+    @property
+    def open_to_new(self) -> int:
+        """Units a new order may take: none while anyone waits (nobody jumps the queue)."""
+        return self.free if self.waiting == 0 else 0
+
+    def allocate(self, units: int) -> None:
+        self.d_allocated += units
+
+    def release(self, units: int) -> None:
+        self.d_allocated -= units
+        self.d_released += units
+
+    def enqueue(self, units: int) -> tuple[int, int]:
+        """Put `units` on the waitlist; returns (queue ticket, position: units ahead + 1)."""
+        position = self.waiting + 1
+        ticket = self.enqueued + self.d_enqueued + 1
+        self.d_waitlisted += units
+        self.d_enqueued += units
+        return ticket, position
+
+    def dequeue(self, units: int) -> None:
+        self.d_waitlisted -= units
+
+    def position(self, ticket: int) -> int:
+        """About how many units wait ahead of `ticket`, plus one."""
+        return max(1, self.waiting - (self.enqueued + self.d_enqueued - ticket))
+
+
+@dataclass
+class Book:
+    session: Session
+    now: datetime
+    rules: dict[str, CampaignRules] = field(default_factory=dict)
+    stock: dict[tuple[str, str], Stock] = field(default_factory=dict)
+    transitions: list[tuple[int, str, str, datetime, str]] = field(default_factory=list)
+    outcomes: list[tuple[tuple[int, int], Outcome]] = field(default_factory=list)
+    _seq: int = 0
+
+    @classmethod
+    def open(cls, session: Session, campaign_ids: Iterable[str], now: datetime) -> Book:
+        """Lock the product rows of these campaigns and read their rules."""
+        book = cls(session, now)
+        ids = sorted(set(campaign_ids))
+        if not ids:
+            return book
+        stmt = (
+            select(
+                products.c.campaign_id,
+                products.c.sku,
+                products.c.stock,
+                products.c.allocated,
+                products.c.released,
+                products.c.waitlisted,
+                products.c.enqueued,
+            )
+            .where(products.c.campaign_id.in_(ids))
+            .order_by(products.c.campaign_id, products.c.sku)
+        )
+        if is_postgres(session):
+            stmt = stmt.with_for_update()
+        for row in session.execute(stmt):
+            book.stock[(row.campaign_id, row.sku)] = Stock(
+                row.stock, row.allocated, row.released, row.waitlisted, row.enqueued
+            )
+        book.rules = read_rules(session, ids)
+        return book
+
+    def emit(self, outcome: Outcome, order: int | None = None) -> None:
+        """Queue an outcome; `order` is the command's index in the batch (None: at the end)."""
+        self._seq += 1
+        self.outcomes.append(((order if order is not None else 1 << 60, self._seq), outcome))
+
+    def transition(self, reservation_id: int, before: str, after: str, cause: str) -> None:
+        self.transitions.append((reservation_id, before, after, self.now, cause))
+
+    def close(self) -> list[Outcome]:
+        """Write the counters (SKU order, conditional) and transitions; return the outcomes."""
+        for (campaign_id, sku), s in sorted(self.stock.items()):
+            if not (s.d_allocated or s.d_released or s.d_waitlisted or s.d_enqueued):
+                continue
+            result = self.session.execute(
+                update(products)
+                .where(
+                    products.c.campaign_id == campaign_id,
+                    products.c.sku == sku,
+                    products.c.allocated + s.d_allocated <= products.c.stock,
+                    products.c.allocated + s.d_allocated >= 0,
+                    products.c.waitlisted + s.d_waitlisted >= 0,
+                )
+                .values(
+                    allocated=products.c.allocated + s.d_allocated,
+                    released=products.c.released + s.d_released,
+                    waitlisted=products.c.waitlisted + s.d_waitlisted,
+                    enqueued=products.c.enqueued + s.d_enqueued,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise OversellPreventedError(f"{campaign_id}/{sku}: stock counters moved under us")
+            s.allocated += s.d_allocated
+            s.released += s.d_released
+            s.waitlisted += s.d_waitlisted
+            s.enqueued += s.d_enqueued
+            s.d_allocated = s.d_released = s.d_waitlisted = s.d_enqueued = 0
+        insert_rows(
+            self.session,
+            transitions,
+            ("reservation_id", "from_state", "to_state", "at", "cause"),
+            self.transitions,
+        )
+        self.transitions = []
+        out = [o for _, o in sorted(self.outcomes, key=lambda item: item[0])]
+        self.outcomes = []
+        return out

@@ -1,0 +1,418 @@
+"""The engine: apply a batch of decided posts in the caller's one transaction.
+
+`apply(session, batch, now=...)` does, set-based, for thousands of posts at a time:
+
+1. lock the stock rows of the batch's campaigns (fixed order: campaign, SKU);
+2. record every new post, dropping those already seen by unique (platform, post_id), within
+   the batch and against the database;
+3. place orders (`orders.placing`): window judged on post time, per-buyer limit over all of
+   the buyer's live reservations in the campaign, first come first served by (post time, post
+   id), partial fills with the remainder waitlisted, payment from the wallet;
+4. edits: an accepted post never changes; a post that was rejected or ignored is decided again
+   as a new attempt stamped with its edit time;
+5. cancels and deletes (`orders.lifecycle.cancel`), then the waitlist takes any freed units;
+6. status, balance, top-up and help answers;
+
+and returns the outcomes in batch order. It flushes and never commits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+
+from orders.book import Book
+from orders.bulk import insert_rows, is_postgres, one_of, update_rows
+from orders.commands import Command
+from orders.lifecycle import cancel, due_reminders, expire_holds, joined, promote, settle_buyer
+from orders.outcomes import Outcome
+from orders.payments import balances
+from orders.placing import OrderRequest, outcome_for, place_orders
+from orders.tables import LIVE_STATES, posts, reservations
+
+__all__ = ["apply", "due_reminders", "expire_holds", "settle_buyer"]
+
+POST_COLUMNS = (
+    "platform",
+    "post_id",
+    "campaign_id",
+    "buyer",
+    "handle",
+    "posted_at",
+    "decision",
+    "reason",
+    "sku",
+    "quantity",
+    "attempts",
+    "lang",
+    "visibility",
+    "seen_at",
+    "deleted_at",
+)
+
+Key = tuple[str, str]
+Indexed = tuple[int, Command]
+
+
+def apply(session: Session, batch: Sequence[Command], *, now: datetime) -> list[Outcome]:
+    """Apply `batch` and return one or more outcomes per post, in batch order."""
+    if not batch:
+        return []
+    book = Book.open(session, {c.campaign_id for c in batch}, now)
+
+    new: list[Indexed] = []
+    edits: dict[Key, Indexed] = {}
+    deletes: list[Indexed] = []
+    seen: set[Key] = set()
+    for i, cmd in enumerate(batch):
+        key = (cmd.platform, cmd.post_id)
+        if cmd.event == "post":
+            if key in seen:
+                book.emit(outcome_for(cmd, "duplicate"), i)
+                continue
+            seen.add(key)
+            new.append((i, cmd))
+        elif cmd.event == "edit":
+            # Only the latest edit of a post in a batch counts; earlier ones are superseded.
+            earlier = edits.get(key)
+            if earlier is None or earlier[1].posted_at <= cmd.posted_at:
+                if earlier is not None:
+                    book.emit(outcome_for(earlier[1], "duplicate"), earlier[0])
+                edits[key] = (i, cmd)
+            else:
+                book.emit(outcome_for(cmd, "duplicate"), i)
+        else:
+            deletes.append((i, cmd))
+
+    fresh = _record(book, new)
+    commands = _decide(book, fresh, cause="order")
+    if edits:
+        commands += _apply_edits(book, sorted(edits.values()))
+    _apply_cancels(book, [(i, c) for i, c in commands if c.decision.decision == "cancel"])
+    if deletes:
+        _apply_deletes(book, deletes)
+    promote(book)
+    _answer(book, [(i, c) for i, c in commands if c.decision.decision != "cancel"])
+    return book.close()
+
+
+def _post_row(cmd: Command, now: datetime, *, deleted: bool = False) -> tuple[Any, ...]:
+    d = cmd.decision
+    return (
+        cmd.platform,
+        cmd.post_id,
+        cmd.campaign_id,
+        cmd.buyer,
+        cmd.handle,
+        cmd.posted_at,
+        "deleted" if deleted else d.decision,
+        d.reason,
+        d.sku,
+        d.quantity,
+        1,
+        d.lang,
+        cmd.visibility,
+        now,
+        cmd.posted_at if deleted else None,
+    )
+
+
+def existing_posts(session: Session, keys: Sequence[Key], *columns: Any) -> dict[Key, Row[Any]]:
+    """Rows of `order_posts` for these keys (one query per platform, on the primary key)."""
+    by_platform: dict[str, list[str]] = defaultdict(list)
+    for platform, post_id in keys:
+        by_platform[platform].append(post_id)
+    found: dict[Key, Row[Any]] = {}
+    for platform, ids in sorted(by_platform.items()):
+        rows = session.execute(
+            select(posts.c.platform, posts.c.post_id, *columns).where(
+                posts.c.platform == platform, one_of(session, posts.c.post_id, ids)
+            )
+        )
+        found.update({(r.platform, r.post_id): r for r in rows})
+    return found
+
+
+def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[Indexed]:
+    """Insert post rows; returns the items that are new, emitting `duplicate` for the rest."""
+    if not items:
+        return []
+    session = book.session
+    rows = [_post_row(cmd, book.now, deleted=deleted) for _, cmd in items]
+    if is_postgres(session):
+        inserted: set[Key] = {
+            (str(r.platform), str(r.post_id))
+            for r in insert_rows(
+                session,
+                posts,
+                POST_COLUMNS,
+                rows,
+                skip_existing=True,
+                returning=("platform", "post_id"),
+            )
+        }
+    else:
+        known = existing_posts(session, [(c.platform, c.post_id) for _, c in items])
+        rows = [row for row in rows if (row[0], row[1]) not in known]
+        insert_rows(session, posts, POST_COLUMNS, rows)
+        inserted = {(row[0], row[1]) for row in rows}
+    fresh: list[Indexed] = []
+    for i, cmd in items:
+        if (cmd.platform, cmd.post_id) in inserted:
+            fresh.append((i, cmd))
+        else:
+            book.emit(outcome_for(cmd, "duplicate"), i)
+    return fresh
+
+
+def _decide(
+    book: Book, items: list[Indexed], *, cause: str, parts: dict[Key, int] | None = None
+) -> list[Indexed]:
+    """Place the orders among `items`, answer ignores and rejects; return the other commands."""
+    orders: list[OrderRequest] = []
+    rest: list[Indexed] = []
+    for i, cmd in items:
+        kind = cmd.decision.decision
+        if cmd.campaign_id not in book.rules:
+            book.emit(outcome_for(cmd, "ignored", reason="unknown_campaign"), i)
+        elif kind == "order":
+            part = (parts or {}).get((cmd.platform, cmd.post_id), 0)
+            orders.append(OrderRequest(i, cmd, part, cause))
+        elif kind == "ignore":
+            book.emit(outcome_for(cmd, "ignored", reason=cmd.decision.reason), i)
+        elif kind == "reject":
+            book.emit(outcome_for(cmd, "rejected", reason=cmd.decision.reason), i)
+        else:
+            rest.append((i, cmd))
+    place_orders(book, orders)
+    return rest
+
+
+def _apply_edits(book: Book, items: list[Indexed]) -> list[Indexed]:
+    """Re-decide edited posts that were rejected or ignored; never touch accepted ones."""
+    session = book.session
+    keys = [(c.platform, c.post_id) for _, c in items]
+    known = existing_posts(
+        session, keys, posts.c.decision, posts.c.posted_at, posts.c.deleted_at, posts.c.attempts
+    )
+    unseen = [(i, c) for i, c in items if (c.platform, c.post_id) not in known]
+    # Parts already used per post, and whether any of them was accepted.
+    parts: dict[Key, int] = {}
+    accepted: set[Key] = set()
+    by_platform: dict[str, list[str]] = defaultdict(list)
+    for platform, post_id in known:
+        by_platform[platform].append(post_id)
+    for platform, ids in by_platform.items():
+        for used in session.execute(
+            select(reservations.c.post_id, reservations.c.part, reservations.c.state).where(
+                reservations.c.platform == platform, one_of(session, reservations.c.post_id, ids)
+            )
+        ):
+            key = (platform, used.post_id)
+            parts[key] = max(parts.get(key, 0), used.part + 1)
+            if used.state != "rejected":
+                accepted.add(key)
+
+    again: list[Indexed] = []
+    updates: list[tuple[Any, ...]] = []
+    for i, cmd in items:
+        key = (cmd.platform, cmd.post_id)
+        found = known.get(key)
+        if found is None:
+            continue
+        row = found
+        if row.deleted_at is not None:
+            book.emit(outcome_for(cmd, "ignored", reason="deleted"), i)
+        elif row.posted_at >= cmd.posted_at:
+            book.emit(outcome_for(cmd, "duplicate"), i)
+        elif key in accepted or row.decision not in ("order", "ignore", "reject"):
+            book.emit(outcome_for(cmd, "ignored", reason="edit_ignored"), i)
+        else:
+            d = cmd.decision
+            updates.append(
+                (
+                    cmd.platform,
+                    cmd.post_id,
+                    cmd.posted_at,
+                    d.decision,
+                    d.reason,
+                    d.sku,
+                    d.quantity,
+                    row.attempts + 1,
+                    d.lang,
+                )
+            )
+            again.append((i, cmd))
+    update_rows(
+        session,
+        posts,
+        ("platform", "post_id"),
+        ("posted_at", "decision", "reason", "sku", "quantity", "attempts", "lang"),
+        updates,
+    )
+    # A never-seen post arrives first as an edit: it is a new post, stamped with its edit time.
+    commands = _decide(book, _record(book, unseen), cause="order")
+    commands += _decide(book, again, cause="edit", parts=parts)
+    return commands
+
+
+def _apply_cancels(book: Book, items: list[Indexed]) -> None:
+    """Cancel each buyer's live reservations in the campaign (of the named SKU, if any) that
+    were posted before the cancel."""
+    if not items:
+        return
+    session = book.session
+    campaign_ids = sorted({c.campaign_id for _, c in items})
+    buyers = sorted({c.buyer for _, c in items})
+    rows = session.execute(
+        joined(
+            reservations.c.campaign_id.in_(campaign_ids),
+            one_of(session, reservations.c.buyer, buyers),
+            reservations.c.state.in_(LIVE_STATES),
+        ).order_by(reservations.c.posted_at, reservations.c.post_id, reservations.c.part)
+    ).all()
+    done: set[int] = set()
+    for i, cmd in sorted(items, key=lambda item: (item[1].posted_at, item[1].post_id)):
+        sku = cmd.decision.sku
+        mine = [
+            (row, i)
+            for row in rows
+            if row.buyer == cmd.buyer
+            and row.campaign_id == cmd.campaign_id
+            and row.posted_at <= cmd.posted_at
+            and (sku is None or row.sku == sku)
+            and row.id not in done
+        ]
+        if not mine:
+            book.emit(outcome_for(cmd, "rejected", reason="nothing_to_cancel", sku=sku), i)
+            continue
+        done.update(row.id for row, _ in mine)
+        cancel(book, mine, cause="cancelled_by_buyer", at=cmd.posted_at)
+
+
+def _apply_deletes(book: Book, items: list[Indexed]) -> None:
+    """A deleted order post cancels its reservations; an unseen post is remembered as deleted
+    so that a late delivery of it is dropped."""
+    session = book.session
+    keys = [(c.platform, c.post_id) for _, c in items]
+    known = existing_posts(session, keys, posts.c.deleted_at)
+    unseen = [(i, c) for i, c in items if (c.platform, c.post_id) not in known]
+    for i, cmd in _record(book, unseen, deleted=True):
+        book.emit(outcome_for(cmd, "ignored", reason="deleted"), i)
+    targets: dict[Key, Indexed] = {}
+    for i, cmd in items:
+        key = (cmd.platform, cmd.post_id)
+        found = known.get(key)
+        if found is None:
+            continue
+        row = found
+        if row.deleted_at is not None or key in targets:
+            book.emit(outcome_for(cmd, "duplicate"), i)
+        else:
+            targets[key] = (i, cmd)
+    if not targets:
+        return
+    update_rows(
+        session,
+        posts,
+        ("platform", "post_id"),
+        ("deleted_at",),
+        [(k[0], k[1], c.posted_at) for k, (_, c) in targets.items()],
+    )
+    by_platform: dict[str, list[str]] = defaultdict(list)
+    for platform, post_id in targets:
+        by_platform[platform].append(post_id)
+    live: dict[Key, list[Row[Any]]] = defaultdict(list)
+    for platform, ids in by_platform.items():
+        for row in session.execute(
+            joined(
+                reservations.c.platform == platform,
+                one_of(session, reservations.c.post_id, ids),
+                reservations.c.state.in_(LIVE_STATES),
+            ).order_by(reservations.c.part)
+        ):
+            live[(platform, row.post_id)].append(row)
+    for key, (i, cmd) in sorted(targets.items(), key=lambda kv: kv[1][0]):
+        rows = live.get(key)
+        if not rows:
+            book.emit(outcome_for(cmd, "ignored", reason="deleted"), i)
+            continue
+        cancel(book, [(row, i) for row in rows], cause="deleted", at=cmd.posted_at)
+
+
+def _answer(book: Book, items: list[Indexed]) -> None:
+    """Status, balance, top-up and help answers (after every change in the batch)."""
+    if not items:
+        return
+    session = book.session
+    wanted = {
+        (book.rules[c.campaign_id].currency, c.buyer)
+        for _, c in items
+        if c.decision.decision in ("balance", "status")
+    }
+    credit = balances(session, wanted)
+    status = [(i, c) for i, c in items if c.decision.decision == "status"]
+    mine: dict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
+    if status:
+        for row in session.execute(
+            select(
+                reservations.c.campaign_id,
+                reservations.c.buyer,
+                reservations.c.sku,
+                reservations.c.quantity,
+                reservations.c.state,
+                reservations.c.hold_expires_at,
+                reservations.c.amount,
+                reservations.c.queue_ticket,
+            )
+            .where(
+                reservations.c.campaign_id.in_(sorted({c.campaign_id for _, c in status})),
+                one_of(session, reservations.c.buyer, sorted({c.buyer for _, c in status})),
+                reservations.c.state.in_(LIVE_STATES),
+            )
+            .order_by(reservations.c.posted_at, reservations.c.part)
+        ):
+            mine[(row.campaign_id, row.buyer)].append(row)  # type: ignore[arg-type]
+    for i, cmd in items:
+        d = cmd.decision
+        rules = book.rules[cmd.campaign_id]
+        balance = credit.get((rules.currency, cmd.buyer))
+        if d.decision == "balance":
+            book.emit(outcome_for(cmd, "balance", balance=balance), i)
+        elif d.decision == "topup":
+            book.emit(outcome_for(cmd, "topup", amount=d.amount), i)
+        elif d.decision == "help":
+            book.emit(outcome_for(cmd, "help"), i)
+        elif d.decision == "status":
+            rows = mine.get((cmd.campaign_id, cmd.buyer), [])
+            if not rows:
+                book.emit(outcome_for(cmd, "status", balance=balance), i)
+                continue
+            # The one that most needs the buyer's attention: unpaid, then waiting, then paid.
+            rank = {"awaiting_payment": 0, "waitlisted": 1, "confirmed": 2}
+            top = min(rows, key=lambda r: rank[r.state])
+            stock = book.stock[(cmd.campaign_id, top.sku)]
+            book.emit(
+                outcome_for(
+                    cmd,
+                    "status",
+                    sku=top.sku,
+                    quantity=top.quantity,
+                    state=top.state,
+                    hold_expires_at=top.hold_expires_at,
+                    amount_due=top.amount if top.state == "awaiting_payment" else None,
+                    queue_position=stock.position(top.queue_ticket)
+                    if top.state == "waitlisted" and top.queue_ticket is not None
+                    else None,
+                    balance=balance,
+                ),
+                i,
+            )
+        else:
+            book.emit(outcome_for(cmd, "ignored", reason="unknown_command"), i)

@@ -1,0 +1,254 @@
+"""Placing orders: window, per-buyer limit, first-come allocation, payment, the waitlist.
+
+For a whole batch this costs: one query for the buyers' units already reserved, one block of
+reservation ids, one `hold_many` per payment mode (a few statements inside the wallet), one
+query for the balances of buyers who could not pay, and one bulk INSERT of reservations. Stock
+counters are only changed in memory here; `Book.close()` writes them, one conditional UPDATE per
+SKU. A sold-out SKU costs nothing more than appending to the waitlist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from orders.book import Book
+from orders.bulk import insert_rows, next_ids, one_of
+from orders.commands import Command
+from orders.outcomes import Outcome
+from orders.payments import Charge, balances, charge
+from orders.tables import LIVE_STATES, reservations
+
+RESERVATION_COLUMNS = (
+    "id",
+    "campaign_id",
+    "platform",
+    "post_id",
+    "part",
+    "buyer",
+    "sku",
+    "quantity",
+    "state",
+    "reason",
+    "cause",
+    "posted_at",
+    "created_at",
+    "updated_at",
+    "allocated_at",
+    "hold_expires_at",
+    "queue_ticket",
+    "amount",
+    "payment",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """An order post to place: its index in the batch, the command, the first free part
+    number of the post (0 unless an edit re-submits it) and why it is placed."""
+
+    order: int
+    command: Command
+    part: int = 0
+    cause: str = "order"
+
+
+@dataclass(slots=True)
+class _Part:
+    request: OrderRequest
+    part: int
+    sku: str
+    quantity: int
+    state: str
+    reason: str | None = None
+    ticket: int | None = None
+    position: int | None = None
+    id: int = 0
+
+
+def units_reserved(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Units each (campaign, buyer) holds in live reservations, in one query."""
+    if not pairs:
+        return {}
+    campaign_ids = sorted({c for c, _ in pairs})
+    buyers = sorted({b for _, b in pairs})
+    rows = session.execute(
+        select(reservations.c.campaign_id, reservations.c.buyer, func.sum(reservations.c.quantity))
+        .where(
+            reservations.c.campaign_id.in_(campaign_ids),
+            one_of(session, reservations.c.buyer, buyers),
+            reservations.c.state.in_(LIVE_STATES),
+        )
+        .group_by(reservations.c.campaign_id, reservations.c.buyer)
+    )
+    return {(c, b): int(n) for c, b, n in rows}
+
+
+def place_orders(book: Book, requests: list[OrderRequest]) -> None:
+    """Reserve, pay or waitlist every order in `requests`, in post-time order."""
+    if not requests:
+        return
+    now = book.now
+    parts: list[_Part] = []
+    candidates: list[tuple[OrderRequest, str, int]] = []
+    for req in requests:
+        cmd = req.command
+        rules = book.rules.get(cmd.campaign_id)
+        if rules is None:
+            book.emit(_outcome(cmd, "ignored", reason="unknown_campaign"), req.order)
+            continue
+        sku = cmd.decision.sku
+        if sku is None and len(rules.prices) == 1:
+            sku = next(iter(rules.prices))
+        if sku is None or sku not in rules.prices:
+            book.emit(_outcome(cmd, "rejected", reason="unknown_sku", sku=sku), req.order)
+            continue
+        quantity = cmd.decision.quantity or 1
+        if quantity <= 0:
+            book.emit(_outcome(cmd, "rejected", reason="bad_quantity", sku=sku), req.order)
+            continue
+        reason = rules.window_reason(cmd.posted_at)
+        if reason is None and quantity > rules.per_buyer_limit:
+            reason = "over_limit"
+        if reason is not None:
+            parts.append(_Part(req, req.part, sku, quantity, "rejected", reason))
+            continue
+        candidates.append((req, sku, quantity))
+
+    candidates.sort(key=lambda c: (c[0].command.posted_at, c[0].command.post_id))
+    held = units_reserved(
+        book.session, {(r.command.campaign_id, r.command.buyer) for r, _, _ in candidates}
+    )
+    for req, sku, quantity in candidates:
+        cmd = req.command
+        key = (cmd.campaign_id, cmd.buyer)
+        if held.get(key, 0) + quantity > book.rules[cmd.campaign_id].per_buyer_limit:
+            parts.append(_Part(req, req.part, sku, quantity, "rejected", "over_limit"))
+            continue
+        held[key] = held.get(key, 0) + quantity
+        stock = book.stock[(cmd.campaign_id, sku)]
+        take = min(quantity, stock.open_to_new)
+        part = req.part
+        if take:
+            stock.allocate(take)
+            parts.append(_Part(req, part, sku, take, "awaiting_payment"))
+            part += 1
+        if quantity > take:
+            ticket, position = stock.enqueue(quantity - take)
+            parts.append(
+                _Part(req, part, sku, quantity - take, "waitlisted", None, ticket, position)
+            )
+
+    for p, id_ in zip(parts, next_ids(book.session, reservations, len(parts)), strict=True):
+        p.id = id_
+
+    allocated = [p for p in parts if p.state == "awaiting_payment"]
+    charges = []
+    for p in allocated:
+        rules = book.rules[p.request.command.campaign_id]
+        charges.append(
+            Charge(
+                reservation_id=p.id,
+                buyer=p.request.command.buyer,
+                campaign_id=rules.id,
+                amount=rules.prices[p.sku] * p.quantity,
+                currency=rules.currency,
+                settle=not rules.confirmation_step,
+                expires_at=hold_expiry(rules.cancel_until or rules.closes_at, now)
+                if rules.confirmation_step
+                else None,
+            )
+        )
+    paid = charge(book.session, charges, at=now) if charges else set()
+    unpaid = [c for c in charges if c.reservation_id not in paid]
+    credit = balances(book.session, {(c.currency, c.buyer) for c in unpaid})
+
+    rows: list[tuple[Any, ...]] = []
+    for p in parts:
+        cmd = p.request.command
+        rules = book.rules[cmd.campaign_id]
+        amount = rules.prices[p.sku] * p.quantity
+        payment = None
+        expires = None
+        if p.state == "awaiting_payment":
+            if p.id in paid:
+                p.state = "confirmed"
+                payment = "held" if rules.confirmation_step else "posted"
+            else:
+                expires = now + rules.hold
+        rows.append(
+            (
+                p.id,
+                cmd.campaign_id,
+                cmd.platform,
+                cmd.post_id,
+                p.part,
+                cmd.buyer,
+                p.sku,
+                p.quantity,
+                p.state,
+                p.reason,
+                p.request.cause,
+                cmd.posted_at,
+                now,
+                now,
+                now if p.state in ("awaiting_payment", "confirmed") else None,
+                expires,
+                p.ticket,
+                amount,
+                payment,
+            )
+        )
+        kind = {
+            "confirmed": "confirmed",
+            "awaiting_payment": "payment_needed",
+            "waitlisted": "waitlisted",
+            "rejected": "rejected",
+        }[p.state]
+        book.emit(
+            _outcome(
+                cmd,
+                kind,
+                reservation_id=p.id,
+                sku=p.sku,
+                quantity=p.quantity,
+                state=p.state,
+                reason=p.reason,
+                queue_position=p.position,
+                hold_expires_at=expires,
+                amount_due=amount if p.state == "awaiting_payment" else None,
+                balance=credit.get((rules.currency, cmd.buyer))
+                if p.state == "awaiting_payment"
+                else None,
+            ),
+            p.request.order,
+        )
+    insert_rows(book.session, reservations, RESERVATION_COLUMNS, rows)
+
+
+def hold_expiry(until: datetime, now: datetime) -> datetime:
+    """When a confirmation-step hold lapses: a week after cancellations close."""
+    return max(until, now) + timedelta(days=7)
+
+
+def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
+    return Outcome(
+        kind=kind,
+        platform=cmd.platform,
+        post_id=cmd.post_id,
+        buyer=cmd.buyer,
+        handle=cmd.handle,
+        campaign_id=cmd.campaign_id,
+        lang=cmd.decision.lang,
+        visibility=cmd.visibility,
+        **fields,
+    )
+
+
+def outcome_for(cmd: Command, kind: Any, **fields: Any) -> Outcome:
+    """An outcome answering `cmd` (shared with the engine's other steps)."""
+    return _outcome(cmd, kind, **fields)

@@ -1,0 +1,220 @@
+"""The orders tables: campaigns, products with their stock counters, posts, reservations.
+
+The model:
+
+- `order_campaigns` and `order_products` are loaded from brand files. A product row carries the
+  stock counters every allocation goes through: `stock` (units offered), `allocated` (units held
+  by awaiting_payment or confirmed reservations), `released` (units that were allocated once and
+  came back: lapsed, cancelled, deleted) and `waitlisted` (units waiting). CHECKs keep
+  `0 <= allocated <= stock`, so not even raw SQL can oversell.
+- `order_posts` has one row per platform post the engine has seen, keyed by (platform, post_id):
+  the dedupe record and the post's current decision.
+- `order_reservations` holds what a post ordered. A post has one reservation; an order that is
+  only partly filled is split into parts (`part` 0, 1, ...): the filled part and the waiting
+  remainder. UNIQUE(platform, post_id, part) holds in the database, and the audit checks that
+  the parts of a post never add up to more than it ordered.
+- `order_transitions` records every state change after creation, with its time and cause (the
+  creation itself is on the reservation row: `created_at`, `state`, `cause`).
+
+The hot tables (posts, reservations) carry no foreign keys: every row inserted during a storm
+would pay a lookup for them. `orders.audit` checks the references instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from config.database import new_metadata
+
+metadata = new_metadata()
+
+STATES = ("awaiting_payment", "confirmed", "waitlisted", "cancelled", "expired", "rejected")
+LIVE_STATES = ("awaiting_payment", "confirmed", "waitlisted")
+ALLOCATED_STATES = ("awaiting_payment", "confirmed")
+PAYMENTS = ("held", "posted", "voided", "refunded")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: orders store UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQL on SQLite
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+campaigns = Table(
+    "order_campaigns",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("brand_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("opens_at", UtcDateTime, nullable=False),
+    Column("closes_at", UtcDateTime, nullable=False),
+    Column("per_buyer_limit", Integer, nullable=False),
+    Column("hold_seconds", Float, nullable=False),
+    Column("reminder_seconds", Float, nullable=False),
+    Column("confirmation_step", Boolean, nullable=False),
+    Column("cancel_until", UtcDateTime, nullable=True),
+    Column("language", String(8), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("closes_at > opens_at", name="window"),
+    CheckConstraint("per_buyer_limit > 0", name="limit_positive"),
+    CheckConstraint("hold_seconds > 0", name="hold_positive"),
+)
+
+products = Table(
+    "order_products",
+    metadata,
+    Column("campaign_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("stock", Integer, nullable=False),
+    Column("allocated", Integer, nullable=False, server_default="0"),
+    Column("released", Integer, nullable=False, server_default="0"),
+    Column("waitlisted", Integer, nullable=False, server_default="0"),
+    # Units ever put on the waitlist: a waitlisted part's `queue_ticket` is this count when it
+    # joined, so its position is about `waitlisted - (enqueued - queue_ticket)`.
+    Column("enqueued", BigInteger, nullable=False, server_default="0"),
+    ForeignKeyConstraint(["campaign_id"], [campaigns.c.id]),
+    CheckConstraint("price >= 0", name="price"),
+    CheckConstraint("stock >= 0", name="stock"),
+    CheckConstraint("allocated >= 0 AND allocated <= stock", name="never_oversold"),
+    CheckConstraint("released >= 0", name="released"),
+    CheckConstraint("waitlisted >= 0 AND enqueued >= waitlisted", name="waitlisted"),
+)
+
+posts = Table(
+    "order_posts",
+    metadata,
+    Column("platform", String(16), primary_key=True),
+    Column("post_id", String(64), primary_key=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("buyer", String(200), nullable=False),
+    Column("handle", String(200), nullable=False),
+    # The time of the current attempt: creation, or the edit that re-submitted it.
+    Column("posted_at", UtcDateTime, nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("sku", String(64), nullable=True),
+    Column("quantity", Integer, nullable=True),
+    Column("attempts", SmallInteger, nullable=False),
+    Column("lang", String(16), nullable=True),
+    Column("visibility", String(16), nullable=False),
+    Column("seen_at", UtcDateTime, nullable=False),
+    Column("deleted_at", UtcDateTime, nullable=True),
+)
+
+reservations = Table(
+    "order_reservations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("campaign_id", String(64), nullable=False),
+    Column("platform", String(16), nullable=False),
+    Column("post_id", String(64), nullable=False),
+    Column("part", SmallInteger, nullable=False),
+    Column("buyer", String(200), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("cause", String(32), nullable=False),
+    # Queue order: post time, then the platform post id, then the part.
+    Column("posted_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("allocated_at", UtcDateTime, nullable=True),
+    Column("hold_expires_at", UtcDateTime, nullable=True),
+    Column("reminded_at", UtcDateTime, nullable=True),
+    Column("queue_ticket", BigInteger, nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("payment", String(16), nullable=True),
+    UniqueConstraint("platform", "post_id", "part"),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("part >= 0", name="part"),
+    CheckConstraint("amount >= 0", name="amount"),
+    CheckConstraint(_in("state", STATES), name="state"),
+    CheckConstraint(f"payment IS NULL OR {_in('payment', PAYMENTS)}", name="payment"),
+    CheckConstraint(
+        "state NOT IN ('awaiting_payment', 'confirmed') OR allocated_at IS NOT NULL",
+        name="allocated_has_stock",
+    ),
+    CheckConstraint(
+        "state <> 'awaiting_payment' OR hold_expires_at IS NOT NULL", name="awaiting_expires"
+    ),
+    CheckConstraint("state <> 'confirmed' OR payment IN ('held', 'posted')", name="confirmed_paid"),
+)
+Index("ix_order_reservations_campaign_buyer", reservations.c.campaign_id, reservations.c.buyer)
+Index(
+    "ix_order_reservations_waitlist",
+    reservations.c.campaign_id,
+    reservations.c.sku,
+    reservations.c.posted_at,
+    reservations.c.post_id,
+    reservations.c.part,
+    postgresql_where=text("state = 'waitlisted'"),
+    sqlite_where=text("state = 'waitlisted'"),
+)
+Index(
+    "ix_order_reservations_hold_expiry",
+    reservations.c.hold_expires_at,
+    postgresql_where=text("state = 'awaiting_payment'"),
+    sqlite_where=text("state = 'awaiting_payment'"),
+)
+
+transitions = Table(
+    "order_transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("reservation_id", Id, nullable=False),
+    Column("from_state", String(20), nullable=False),
+    Column("to_state", String(20), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("cause", String(32), nullable=False),
+    CheckConstraint(_in("to_state", STATES), name="to_state"),
+)
+Index("ix_order_transitions_reservation_id", transitions.c.reservation_id)
