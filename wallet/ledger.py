@@ -33,12 +33,26 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NewType, TypeVar
 
-from sqlalchemy import and_, case, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -70,6 +84,7 @@ CLEARING_OWNER = "stripe"
 _CHUNK = 10_000
 _BUYER = re.compile(r"^[^\s:]+:\S+$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+_SEP = "\x1f"  # the ASCII unit separator: never part of a valid ref or buyer key
 _T = TypeVar("_T")
 
 
@@ -170,8 +185,10 @@ def _aware(value: object) -> datetime:
 
 
 def _ref(ref: object) -> str:
-    if not isinstance(ref, str) or not ref or len(ref) > 200:
-        raise InvalidTransfer(f"ref must be a non-empty string of at most 200 chars: {ref!r}")
+    if not isinstance(ref, str) or not ref or len(ref) > 200 or not ref.isprintable():
+        raise InvalidTransfer(
+            f"ref must be a non-empty printable string of at most 200 chars: {ref!r}"
+        )
     return ref
 
 
@@ -192,6 +209,28 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _member(
+    session: Session, column: ColumnElement[Any], values: Iterable[str | int]
+) -> list[ColumnElement[bool]]:
+    """``column IN values`` for thousands of values, as few conditions as the backend allows.
+
+    PostgreSQL gets one ``= ANY(string_to_array(...))`` over a single text parameter (cheap to
+    send, no bind-parameter limit); SQLite gets ``IN`` lists of up to 10,000.
+    """
+    wanted = sorted(set(values), key=str)
+    if not wanted:
+        return []
+    if _is_pg(session):
+        joined = _SEP.join(str(v) for v in wanted)
+        array: ColumnElement[Any] = func.string_to_array(
+            bindparam(None, joined, type_=String), _SEP
+        )
+        if isinstance(wanted[0], int):
+            array = cast(array, ARRAY(BigInteger))
+        return [column == any_(array)]
+    return [column.in_(chunk) for chunk in _chunks(wanted)]
+
+
 # ---------------------------------------------------------------------------------------------
 # accounts
 
@@ -200,12 +239,10 @@ def _find_accounts(
     session: Session, kind: str, owners: Iterable[str], currency: str
 ) -> dict[str, int]:
     found: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(owners))):
+    for members in _member(session, accounts.c.owner, owners):
         rows = session.execute(
             select(accounts.c.owner, accounts.c.id).where(
-                accounts.c.kind == kind,
-                accounts.c.currency == currency,
-                accounts.c.owner.in_(chunk),
+                accounts.c.kind == kind, accounts.c.currency == currency, members
             )
         )
         found.update({owner: id_ for owner, id_ in rows})
@@ -234,8 +271,8 @@ def _ensure_accounts(
 def _lock(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
     """Lock the account rows in id order (no deadlock between callers) and read their totals."""
     out: dict[int, Row[Any]] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        stmt = select(accounts).where(accounts.c.id.in_(chunk)).order_by(accounts.c.id)
+    for members in _member(session, accounts.c.id, ids):
+        stmt = select(accounts).where(members).order_by(accounts.c.id)
         if _is_pg(session):
             stmt = stmt.with_for_update()
         out.update({row.id: row for row in session.execute(stmt)})
@@ -344,7 +381,7 @@ def _existing(session: Session, refs: Sequence[str]) -> dict[str, Row[Any]]:
     debit = aliased(legs, name="debit")
     credit = aliased(legs, name="credit")
     out: dict[str, Row[Any]] = {}
-    for chunk in _chunks(sorted(set(refs))):
+    for members in _member(session, transfers.c.ref, refs):
         stmt = (
             select(
                 transfers.c.id,
@@ -361,7 +398,7 @@ def _existing(session: Session, refs: Sequence[str]) -> dict[str, Row[Any]]:
             .outerjoin(
                 credit, and_(credit.c.transfer_id == transfers.c.id, credit.c.side == "credit")
             )
-            .where(transfers.c.ref.in_(chunk))
+            .where(members)
         )
         out.update({row.ref: row for row in session.execute(stmt)})
     return out
@@ -386,53 +423,144 @@ def _conflict(row: Row[Any], new: _NewTransfer) -> TransferConflict:
     )
 
 
+def _unnest_arrays(columns: Sequence[tuple[str, str]]) -> str:
+    """``unnest`` over one text parameter per column, split on the unit separator ('' = NULL).
+
+    One string per column is far cheaper to send than a driver-adapted array of 50,000 items.
+    """
+    return ", ".join(
+        f"CAST(string_to_array(:{name}, chr(31), '') AS {sql_type}[])" for name, sql_type in columns
+    )
+
+
+_PG_INSERT_TRANSFERS = text(
+    f"""
+    INSERT INTO wallet_transfers
+        (ref, kind, currency, amount, state, created_at, expires_at, resolved_at)
+    SELECT * FROM unnest({
+        _unnest_arrays(
+            [
+                ("ref", "VARCHAR"),
+                ("kind", "VARCHAR"),
+                ("currency", "VARCHAR"),
+                ("amount", "BIGINT"),
+                ("state", "VARCHAR"),
+                ("created_at", "TIMESTAMPTZ"),
+                ("expires_at", "TIMESTAMPTZ"),
+                ("resolved_at", "TIMESTAMPTZ"),
+            ]
+        )
+    })
+    RETURNING id, ref
+    """
+)
+_PG_INSERT_LEGS = text(
+    f"""
+    INSERT INTO wallet_legs (transfer_id, side, account_id, amount, currency)
+    SELECT * FROM unnest({
+        _unnest_arrays(
+            [
+                ("transfer_id", "BIGINT"),
+                ("side", "VARCHAR"),
+                ("account_id", "BIGINT"),
+                ("amount", "BIGINT"),
+                ("currency", "VARCHAR"),
+            ]
+        )
+    })
+    """
+)
+
+
+def _joined(values: Iterable[object]) -> str:
+    return _SEP.join(
+        "" if v is None else v.isoformat() if isinstance(v, datetime) else str(v) for v in values
+    )
+
+
 def _insert(session: Session, new: Sequence[_NewTransfer]) -> dict[str, int]:
-    """Insert transfers and their two legs; account totals are the caller's job."""
+    """Insert transfers and their two legs (a few statements per batch); the caller moves the
+    account totals."""
     if not new:
         return {}
-    rows = [
-        {
-            "ref": t.ref,
-            "kind": t.kind,
-            "currency": t.currency,
-            "amount": t.amount,
-            "state": t.state,
-            "created_at": t.at,
-            "expires_at": t.expires_at,
-            "resolved_at": None if t.state == "pending" else t.at,
-        }
-        for t in new
-    ]
     ids: dict[str, int] = {}
-    stmt = insert(transfers).returning(
-        transfers.c.id, transfers.c.ref, sort_by_parameter_order=True
+    if _is_pg(session):
+        for chunk in _chunks(new, 50_000):
+            params = {
+                "ref": _joined(t.ref for t in chunk),
+                "kind": _joined(t.kind for t in chunk),
+                "currency": _joined(t.currency for t in chunk),
+                "amount": _joined(t.amount for t in chunk),
+                "state": _joined(t.state for t in chunk),
+                "created_at": _joined(t.at for t in chunk),
+                "expires_at": _joined(t.expires_at for t in chunk),
+                "resolved_at": _joined(None if t.state == "pending" else t.at for t in chunk),
+            }
+            ids.update({ref: id_ for id_, ref in session.execute(_PG_INSERT_TRANSFERS, params)})
+            legs_of = [(ids[t.ref], t) for t in chunk]
+            session.execute(
+                _PG_INSERT_LEGS,
+                {
+                    "transfer_id": _joined([tid for tid, _ in legs_of] * 2),
+                    "side": _joined(["debit"] * len(legs_of) + ["credit"] * len(legs_of)),
+                    "account_id": _joined(
+                        [t.debit for _, t in legs_of] + [t.credit for _, t in legs_of]
+                    ),
+                    "amount": _joined([t.amount for _, t in legs_of] * 2),
+                    "currency": _joined([t.currency for _, t in legs_of] * 2),
+                },
+            )
+        return ids
+    # SQLite: one executemany per table straight to the driver (SQLAlchemy's per-row parameter
+    # processing would cost more than the inserts); ids are read back by ref.
+    conn = session.connection()
+    stamp = _sqlite_stamps()
+    conn.exec_driver_sql(
+        "INSERT INTO wallet_transfers (ref, kind, currency, amount, state, created_at, "
+        "expires_at, resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                t.ref,
+                t.kind,
+                t.currency,
+                t.amount,
+                t.state,
+                stamp(t.at),
+                stamp(t.expires_at),
+                None if t.state == "pending" else stamp(t.at),
+            )
+            for t in new
+        ],
     )
-    for chunk in _chunks(rows, 2_000):
-        ids.update({ref: id_ for id_, ref in session.execute(stmt, list(chunk))})
-    leg_rows: list[dict[str, Any]] = []
-    for t in new:
-        tid = ids[t.ref]
-        leg_rows.append(
-            {
-                "transfer_id": tid,
-                "side": "debit",
-                "account_id": t.debit,
-                "amount": t.amount,
-                "currency": t.currency,
-            }
-        )
-        leg_rows.append(
-            {
-                "transfer_id": tid,
-                "side": "credit",
-                "account_id": t.credit,
-                "amount": t.amount,
-                "currency": t.currency,
-            }
-        )
-    for chunk in _chunks(leg_rows, 5_000):
-        session.execute(insert(legs), list(chunk))
+    for members in _member(session, transfers.c.ref, [t.ref for t in new]):
+        rows = conn.execute(select(transfers.c.ref, transfers.c.id).where(members))
+        ids.update({ref: id_ for ref, id_ in rows})
+    conn.exec_driver_sql(
+        "INSERT INTO wallet_legs (transfer_id, side, account_id, amount, currency) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (ids[t.ref], side, t.debit if side == "debit" else t.credit, t.amount, t.currency)
+            for t in new
+            for side in ("debit", "credit")
+        ],
+    )
     return ids
+
+
+def _sqlite_stamps() -> Callable[[datetime | None], str | None]:
+    """Render datetimes exactly as `UtcDateTime` stores them on SQLite (memoised per batch)."""
+    seen: dict[datetime, str] = {}
+
+    def stamp(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text_ = seen.get(value)
+        if text_ is None:
+            text_ = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            seen[value] = text_
+        return text_
+
+    return stamp
 
 
 def _account_ids(
@@ -722,7 +850,7 @@ def _settle(session: Session, refs: Sequence[str], *, post: bool, at: datetime) 
     if not wanted:
         return
     rows: dict[str, Row[Any]] = {}
-    for chunk in _chunks(wanted):
+    for members in _member(session, transfers.c.ref, wanted):
         stmt = (
             select(
                 transfers.c.id,
@@ -732,7 +860,7 @@ def _settle(session: Session, refs: Sequence[str], *, post: bool, at: datetime) 
                 transfers.c.amount,
                 transfers.c.expires_at,
             )
-            .where(transfers.c.ref.in_(chunk))
+            .where(members)
             .order_by(transfers.c.id)
         )
         if _is_pg(session):
@@ -748,11 +876,9 @@ def _settle(session: Session, refs: Sequence[str], *, post: bool, at: datetime) 
             raise HoldExpired(ref, row.expires_at, at)
     ids = [rows[r].id for r in wanted]
     deltas: dict[int, _Delta] = defaultdict(_Delta)
-    for chunk in _chunks(ids):
+    for members in _member(session, legs.c.transfer_id, ids):
         leg_rows = session.execute(
-            select(legs.c.side, legs.c.account_id, legs.c.amount).where(
-                legs.c.transfer_id.in_(chunk)
-            )
+            select(legs.c.side, legs.c.account_id, legs.c.amount).where(members)
         )
         for side, account_id, amount in leg_rows:
             delta = deltas[account_id]
@@ -764,10 +890,10 @@ def _settle(session: Session, refs: Sequence[str], *, post: bool, at: datetime) 
                 delta.credits_posted += amount if post else 0
     _lock(session, deltas)
     changed = 0
-    for chunk in _chunks(ids):
+    for members in _member(session, transfers.c.id, ids):
         result = session.connection().execute(
             update(transfers)
-            .where(transfers.c.id.in_(chunk), transfers.c.state == "pending")
+            .where(members, transfers.c.state == "pending")
             .values(state="posted" if post else "voided", resolved_at=at)
         )
         changed += result.rowcount
@@ -843,7 +969,7 @@ def available_many(session: Session, buyers: Iterable[str], currency: str) -> di
     currency = _currency(currency)
     wanted = sorted({_buyer(b) for b in buyers})
     out = dict.fromkeys(wanted, 0)
-    for chunk in _chunks(wanted):
+    for members in _member(session, accounts.c.owner, wanted):
         rows = session.execute(
             select(
                 accounts.c.owner,
@@ -851,7 +977,7 @@ def available_many(session: Session, buyers: Iterable[str], currency: str) -> di
             ).where(
                 accounts.c.kind == "wallet",
                 accounts.c.currency == currency,
-                accounts.c.owner.in_(chunk),
+                members,
             )
         )
         out.update({owner: int(avail) for owner, avail in rows})
