@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.commands import config_cmd, db_cmd, outbox_cmd, parse_cmd, wallet_cmd
+from bot.commands import config_cmd, db_cmd, outbox_cmd, parse_cmd, run_cmd, wallet_cmd
 
 app = typer.Typer(
     name="flashtag",
@@ -19,6 +19,7 @@ db_cmd.register(app)
 wallet_cmd.register(app)
 outbox_cmd.register(app)
 parse_cmd.register(app)
+run_cmd.register(app)
 
 
 def main() -> None:

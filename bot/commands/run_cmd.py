@@ -1,0 +1,141 @@
+"""`flashtag worker`, `flashtag clock`, `flashtag run` and `flashtag demo`: the running bot."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from config.brand import Brand
+from config.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _brands(settings: Settings, files: list[Path] | None) -> list[Brand]:
+    from config.loader import load_brands
+
+    paths = files or settings.brand_paths()
+    brands = load_brands(list(paths))
+    if not brands:
+        raise typer.BadParameter("no brand files (set FLASHTAG_BRANDS or pass --brand)")
+    return brands
+
+
+BrandOption = typer.Option(None, "--brand", help="Brand file(s); default FLASHTAG_BRANDS")
+DbOption = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)")
+
+
+def worker(
+    brand: list[Path] | None = BrandOption,
+    db: str | None = DbOption,
+    batch: int = typer.Option(500, help="Flush a batch at this many posts"),
+    wait_ms: float = typer.Option(50.0, help="... or this long after its first post"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Stream every brand account into the engine and send the replies (Procfile: worker)."""
+    from bot.worker import Worker, install_stop_signals
+    from config.database import create_engine, session_factory
+
+    _logging(verbose)
+    settings = get_settings()
+    engine = create_engine(db or settings.database_url)
+    the_worker = Worker(
+        session_factory(engine), _brands(settings, brand), max_posts=batch, max_wait_ms=wait_ms
+    )
+    install_stop_signals(the_worker.request_stop)
+    the_worker.start()
+    the_worker.wait()
+    the_worker.stop()
+    engine.dispose()
+    if the_worker.health.errors:
+        raise typer.Exit(1)
+
+
+def clock(
+    brand: list[Path] | None = BrandOption,
+    db: str | None = DbOption,
+    expire_seconds: float = typer.Option(5.0, help="Expire holds and promote every N seconds"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the scheduled jobs; only one clock acts at a time (Procfile: clock)."""
+    from bot.clock import build_context, run_blocking
+    from config.database import create_engine, session_factory
+
+    _logging(verbose)
+    settings = get_settings()
+    engine = create_engine(db or settings.database_url)
+    ctx = build_context(
+        session_factory(engine),
+        engine,
+        _brands(settings, brand),
+        settings,
+        expire_seconds=expire_seconds,
+    )
+    run_blocking(ctx)
+    engine.dispose()
+
+
+def run(
+    brand: list[Path] | None = BrandOption,
+    db: str | None = DbOption,
+    host: str = typer.Option("127.0.0.1", help="Web host"),
+    port: int = typer.Option(8000, help="Web port"),
+    create: bool = typer.Option(True, help="Create missing tables first"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Web, worker and clock in one process (SQLite by default): one machine, one command."""
+    import uvicorn
+
+    from bot.clock import build_context, start_background
+    from bot.schema import all_metadata
+    from bot.web import create_app
+    from bot.worker import Worker
+    from config.database import create_engine, session_factory
+
+    _logging(verbose)
+    settings = get_settings()
+    brands = _brands(settings, brand)
+    engine = create_engine(db or settings.database_url)
+    if create:
+        for metadata in all_metadata():
+            metadata.create_all(engine)
+    sessions = session_factory(engine)
+    the_worker = Worker(sessions, brands)
+    the_worker.start()
+    ctx = build_context(sessions, engine, brands, settings)
+    scheduler = start_background(ctx)
+    app = create_app(settings, sessions, brands, lambda: datetime.now(UTC))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+    def watch() -> None:  # a failed worker part stops the web server too
+        the_worker.wait()
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="watch", daemon=True).start()
+    try:
+        server.run()  # returns on SIGTERM / SIGINT (uvicorn handles both)
+    finally:
+        scheduler.shutdown(wait=True)
+        if ctx.leadership is not None:
+            ctx.leadership.release()
+        the_worker.stop()
+        engine.dispose()
+    if the_worker.health.errors:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("clock")(clock)
+    app.command("run")(run)

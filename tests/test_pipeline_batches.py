@@ -1,0 +1,176 @@
+"""The pipeline: signals in, one committed batch at a time, flushed by size or by time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import cursors
+from bot.pipeline import Batcher, Envelope, Pipeline, Source, to_command
+from bot.tables import outbox_messages
+from config.brand import Brand
+from config.database import session_factory
+from config.loader import load_brand
+from connectors.pacing import FakeClock
+from connectors.post import Deletion, Post
+from orders.campaigns import load_campaigns
+from orders.tables import posts, reservations
+
+ROOT = Path(__file__).resolve().parent.parent
+START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SOURCE = Source("demo", "mastodon")
+
+
+@pytest.fixture
+def brand() -> Brand:
+    return load_brand(ROOT / "config" / "brands" / "demo.toml")
+
+
+@pytest.fixture
+def sessions(engine: Engine, brand: Brand) -> sessionmaker[Session]:
+    factory = session_factory(engine)
+    with factory.begin() as session:
+        load_campaigns(session, [brand], now=START)
+    return factory
+
+
+def order(n: int, text: str = "@demophones #DemoPhone 64gb black", *, at: datetime = START) -> Post:
+    return Post(
+        platform="mastodon",
+        post_id=str(1000 + n),
+        author_id=str(500 + n),
+        author_handle=f"fan{n}",
+        created_at=at,
+        text=text,
+        hashtags=("demophone",),
+        mentions=("demophones",),
+        lang="en",
+    )
+
+
+def test_batcher_is_due_when_full_or_when_its_first_item_waited_long_enough() -> None:
+    batcher: Batcher[int] = Batcher(3, timedelta(milliseconds=50))
+    assert not batcher.due(START)
+    assert batcher.seconds_left(START) is None
+    batcher.add(1, START)
+    batcher.add(2, START + timedelta(milliseconds=30))
+    assert not batcher.due(START + timedelta(milliseconds=49))
+    assert batcher.seconds_left(START + timedelta(milliseconds=30)) == pytest.approx(0.02)
+    assert batcher.due(START + timedelta(milliseconds=50))
+    batcher.add(3, START + timedelta(milliseconds=31))
+    assert batcher.due(START + timedelta(milliseconds=31))  # full
+    assert batcher.take() == [1, 2, 3]
+    assert len(batcher) == 0 and not batcher.due(START + timedelta(seconds=9))
+
+
+def test_a_batch_waits_for_its_time_then_commits_orders_replies_and_cursor_together(
+    sessions: sessionmaker[Session], brand: Brand
+) -> None:
+    clock = FakeClock(START)
+    pipeline = Pipeline(sessions, [brand], max_posts=100, max_wait_ms=50, clock=clock)
+    pipeline.submit(order(1), SOURCE, cursor="n1")
+    pipeline.submit(order(2, "@demophones #DemoPhone 128gb black"), SOURCE, cursor="n2")
+    pipeline.submit(order(3, "@demophones #DemoPhone purple please"), SOURCE, cursor="n3")
+
+    assert pipeline.pump(timeout=0) is True
+    with sessions() as session:  # not due yet: nothing decided, nothing saved
+        assert session.scalar(select(func.count()).select_from(posts)) == 0
+        assert cursors.load(session, SOURCE.cursor_key) is None
+    assert pipeline.depth() == 3
+
+    clock.advance(0.05)
+    pipeline.pump(timeout=0)
+    assert pipeline.stats.batches == 1 and pipeline.stats.signals == 3
+    with sessions() as session:
+        states = dict(session.execute(select(reservations.c.post_id, reservations.c.state)).all())
+        assert states == {"1001": "awaiting_payment", "1002": "awaiting_payment"}
+        decisions = dict(session.execute(select(posts.c.post_id, posts.c.decision)).all())
+        assert decisions["1003"] == "reject"
+        assert cursors.load(session, SOURCE.cursor_key) == "n3"
+        kinds = sorted(session.scalars(select(outbox_messages.c.kind)))
+        assert kinds == ["payment_needed", "payment_needed", "rejected"]
+
+
+def test_a_full_batch_flushes_at_once_and_each_batch_is_one_commit(
+    sessions: sessionmaker[Session], brand: Brand, engine: Engine
+) -> None:
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    clock = FakeClock(START)
+    pipeline = Pipeline(sessions, [brand], max_posts=4, max_wait_ms=10_000, clock=clock)
+    for n in range(10):
+        pipeline.submit(order(n), SOURCE, cursor=f"n{n}")
+    reports = pipeline.drain()
+    assert [r.signals for r in reports] == [4, 4, 2]
+    assert len(commits) == 3
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(posts)) == 10
+        assert cursors.load(session, SOURCE.cursor_key) == "n9"
+
+
+def test_a_failed_batch_leaves_nothing_behind_not_even_its_cursor(
+    sessions: sessionmaker[Session], brand: Brand, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = Pipeline(sessions, [brand], clock=FakeClock(START))
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("outbox down")
+
+    monkeypatch.setattr("bot.outbox.queue", broken)
+    pipeline.submit(order(1), SOURCE, cursor="n1")
+    with pytest.raises(RuntimeError, match="outbox down"):
+        pipeline.drain()
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(posts)) == 0
+        assert session.scalar(select(func.count()).select_from(reservations)) == 0
+        assert cursors.load(session, SOURCE.cursor_key) is None
+
+
+def test_edits_are_stamped_with_their_edit_time_and_deletes_cancel(
+    sessions: sessionmaker[Session], brand: Brand
+) -> None:
+    clock = FakeClock(START)
+    pipeline = Pipeline(sessions, [brand], clock=clock)
+    bad = order(1, "@demophones #DemoPhone purple")
+    edited_at = START + timedelta(seconds=30)
+    fixed = Post(
+        platform="mastodon",
+        post_id=bad.post_id,
+        author_id=bad.author_id,
+        author_handle=bad.author_handle,
+        created_at=START,
+        edited_at=edited_at,
+        text="@demophones #DemoPhone 64gb white",
+        hashtags=("demophone",),
+        mentions=("demophones",),
+        lang="en",
+    )
+    command = to_command(Envelope(fixed, SOURCE), pipeline.directory, now=START)
+    assert command.event == "edit" and command.posted_at == edited_at
+    assert command.decision.decision == "order" and command.decision.sku == "DEMO-64-WHITE"
+
+    pipeline.submit(bad, SOURCE)
+    pipeline.submit(order(2), SOURCE)
+    pipeline.drain()
+    clock.advance(30)
+    pipeline.submit(fixed, SOURCE)
+    pipeline.submit(Deletion(platform="mastodon", post_id="1002", deleted_at=clock.now()), SOURCE)
+    pipeline.drain()
+    with sessions() as session:
+        rows = session.execute(
+            select(
+                reservations.c.post_id,
+                reservations.c.sku,
+                reservations.c.state,
+                reservations.c.posted_at,
+            )
+        ).all()
+    by_post = {r.post_id: r for r in rows}
+    assert by_post["1001"].sku == "DEMO-64-WHITE"
+    assert by_post["1001"].posted_at == edited_at  # no queue jumping by editing
+    assert by_post["1002"].state == "cancelled"
