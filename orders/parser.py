@@ -24,6 +24,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -118,20 +119,35 @@ _HAN_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # `32g黑色` still has the whole word `32g` in it.
 _LW = r"0-9a-z_\u00c0-\u024f"
 
-# Characters the normaliser removes: Unicode format characters (Cf: zero-width spaces and
-# joiners, bidi controls, the BOM) and controls (Cc) other than whitespace, which becomes a space.
-# (Planes 2-13 and 15-16 hold none of them; scanning only 0-1 and 14 keeps imports fast.)
-_REMOVED = "".join(
-    chr(c)
-    for c in itertools.chain(range(0x20000), range(0xE0000, 0xE1000))
-    if unicodedata.category(chr(c)) in ("Cf", "Cc") and not chr(c).isspace()
-)
-_STRIP_CHARS_RE = re.compile("[" + re.escape(_REMOVED) + "]")
-_WHITESPACE_CONTROLS_RE = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f\x85]")
+
+# Characters the normaliser touches: Unicode format characters (Cf: zero-width spaces and
+# joiners, bidi controls, the BOM) and controls (Cc) are removed, except whitespace controls,
+# which become a space. Planes 2-13 and 15-16 hold none of them; not scanning them keeps
+# imports fast. The class is written as ranges: a long list of single characters is slow.
+def _control_class() -> str:
+    points = [
+        c
+        for c in itertools.chain(range(0x20000), range(0xE0000, 0xE1000))
+        if unicodedata.category(chr(c)) in ("Cf", "Cc")
+    ]
+    ranges: list[list[int]] = []
+    for point in points:
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
+_CONTROLS_RE = re.compile(f"[{_control_class()}]")
+
+
+def _drop_control(match: re.Match[str]) -> str:
+    return " " if match.group().isspace() else ""
+
 
 _HASHTAG_RE = re.compile(r"#([\w·]+)")
-_MENTION_RE = re.compile(r"@([\w.\-]+(?:@[\w\-]+(?:\.[\w\-]+)+)?)")
-_TAGS_AND_MENTIONS_RE = re.compile(r"#[\w·]+#?|@[\w.\-]+(?:@[\w\-]+(?:\.[\w\-]+)+)?")
+_TAGS_AND_MENTIONS_RE = re.compile(r"#[\w·]+#?|@[0-9a-z_.\-]+(?:@[0-9a-z_\-]+(?:\.[0-9a-z_\-]+)+)?")
 
 _QUANTITY_RE = re.compile(
     rf"""
@@ -199,12 +215,9 @@ def normalize_text(text: str) -> str:
     """NFKC, case-folded, format and control characters removed (whitespace ones -> space)."""
     if text.isascii():
         if not text.isprintable():
-            text = _WHITESPACE_CONTROLS_RE.sub(" ", text)
-            text = _STRIP_CHARS_RE.sub("", text)
+            text = _CONTROLS_RE.sub(_drop_control, text)
         return text.lower()
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _WHITESPACE_CONTROLS_RE.sub(" ", text)
-    return _STRIP_CHARS_RE.sub("", text)
+    return _CONTROLS_RE.sub(_drop_control, unicodedata.normalize("NFKC", text).casefold())
 
 
 def _word(word: str) -> str:
@@ -246,19 +259,27 @@ class _Variants:
     groups_of: Mapping[str, frozenset[int]]  # squashed synonym -> ids of the groups it is in
     products: tuple[tuple[str, frozenset[int]], ...]  # (sku, required group ids)
     digit_words: frozenset[str]  # synonyms the quantity reader must not see (e.g. "pro 2")
+    phrases: bool  # some synonym has a space in it
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Grammar:
-    """Everything `parse` needs for one campaign, compiled once."""
+    """Everything `parse` needs for one campaign, compiled once.
+
+    The three dictionaries at the end are memo tables filled while parsing (bounded in size);
+    they never change a decision, only how fast it is reached.
+    """
 
     brand_id: str
     campaign_id: str
     tag: str
+    tag_pattern: re.Pattern[str]
     require_mention: bool
     accounts: Mapping[str, frozenset[str]]  # platform -> bot account names, lower-case
+    mention_patterns: Mapping[str, re.Pattern[str]]  # platform -> "@bot" in plain text
     command_pattern: re.Pattern[str]
     command_of: Mapping[str, DecisionKind]
+    command_heads: frozenset[str]  # first words of multi-word command words ("top" of "top up")
     order_words: frozenset[str]
     variants: _Variants
     single_sku: str | None
@@ -267,7 +288,13 @@ class Grammar:
     topup_min: int
     topup_max: int
     fallback_lang: str
+    by_token: bool  # every word is one token, so the per-token fast path gives the same answer
     _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict, repr=False)
+    _tokens: dict[str, _Token] = field(default_factory=dict, repr=False)
+    _skus: dict[frozenset[int], tuple[str | None, str]] = field(default_factory=dict, repr=False)
+
+
+_MEMO_LIMIT = 100_000
 
 
 def _accounts(brand: Brand) -> dict[str, frozenset[str]]:
@@ -287,6 +314,15 @@ def _accounts(brand: Brand) -> dict[str, frozenset[str]]:
     }
 
 
+def _mention_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=lambda n: (-len(n), n)))
+    if not alternatives:
+        return re.compile(r"(?!x)x")
+    # Not glued to a Latin word before it ("a@xiaomi" is an e-mail address), and not the
+    # start of a longer name or of another server's account ("@xiaomi@elsewhere.example").
+    return re.compile(rf"(?<![0-9a-z_@])@(?:{alternatives})(?![0-9a-z_\-@]|\.[0-9a-z])")
+
+
 def _compile_variants(campaign: Campaign) -> _Variants:
     group_ids: dict[frozenset[str], int] = {}
     groups_of: dict[str, set[int]] = {}
@@ -303,15 +339,16 @@ def _compile_variants(campaign: Campaign) -> _Variants:
                 groups_of.setdefault(_squash(word), set()).add(gid)
         products.append((product.sku, frozenset(required)))
     storage = re.compile(r"^\d+(?:gb|g|tb|mb)$")
+    all_words = sorted({w for words in group_ids for w in words})
     digit_words = frozenset(
-        w for w in groups_of if any(c.isdigit() for c in w) and not storage.match(w)
+        w for w in all_words if any(c.isdigit() for c in w) and not storage.match(w)
     )
-    all_words = [w for words in group_ids for w in words]
     return _Variants(
         pattern=re.compile(_alternation(all_words, spaced_units=True)),
         groups_of={w: frozenset(g) for w, g in groups_of.items()},
         products=tuple(products),
         digit_words=digit_words,
+        phrases=any(" " in w for w in all_words),
     )
 
 
@@ -329,14 +366,19 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
                     command_of[_word(word)] = command
         order_words.update(_word(w) for w in extra.order if _word(w))
     variants = _compile_variants(campaign)
+    accounts = _accounts(brand)
+    tag = campaign.tag
     return Grammar(
         brand_id=brand.brand.id,
         campaign_id=campaign.id,
-        tag=campaign.tag,
+        tag=tag,
+        tag_pattern=re.compile("#" + re.escape(tag) + r"(?![\w·])"),
         require_mention=campaign.require_mention,
-        accounts=_accounts(brand),
+        accounts=accounts,
+        mention_patterns={p: _mention_pattern(names) for p, names in accounts.items()},
         command_pattern=re.compile(_alternation(command_of)),
         command_of=command_of,
+        command_heads=frozenset(w.split()[0] for w in command_of if " " in w),
         order_words=frozenset(order_words),
         variants=variants,
         single_sku=campaign.products[0].sku if len(campaign.products) == 1 else None,
@@ -345,6 +387,7 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
         topup_min=campaign.topup_min,
         topup_max=campaign.topup_max,
         fallback_lang=campaign.language,
+        by_token=not variants.phrases,
     )
 
 
@@ -389,7 +432,7 @@ def _decision(
     found = cache.get(key)
     if found is None:
         found = Decision(kind, sku=sku, quantity=quantity, amount=amount, reason=reason, lang=lang)
-        if len(cache) < 4096:
+        if len(cache) < _MEMO_LIMIT:
             cache[key] = found
     return found
 
@@ -397,23 +440,28 @@ def _decision(
 def _addressed(post: ParsablePost, grammar: Grammar, text: str) -> bool:
     tags = post.hashtags
     if tags is None:
-        if "#" not in text:
+        if grammar.tag_pattern.search(text) is None:
+            # Accents are folded in hashtags but not in text: compare tag by tag.
+            if text.isascii() or "#" not in text:
+                return False
+            tag = grammar.tag
+            if not any(normalize_hashtag(t) == tag for t in _HASHTAG_RE.findall(text)):
+                return False
+    elif grammar.tag not in tags:
+        tag = grammar.tag
+        if not any(normalize_hashtag(t) == tag for t in tags):
             return False
-        tags = tuple(_HASHTAG_RE.findall(text))
-    tag = grammar.tag
-    if tag not in tags and not any(normalize_hashtag(t) == tag for t in tags):
-        return False
     if not grammar.require_mention:
         return True
-    accounts = grammar.accounts.get(post.platform) or grammar.accounts["text"]
+    platform = post.platform
     mentions = post.mentions
     if mentions is None:
-        if "@" not in text:
-            return False
-        mentions = tuple(m.rstrip(".-") for m in _MENTION_RE.findall(text))
-    elif accounts.isdisjoint(mentions):
-        mentions = tuple(m.lower() for m in mentions)
-    return not accounts.isdisjoint(mentions)
+        pattern = grammar.mention_patterns.get(platform) or grammar.mention_patterns["text"]
+        return pattern.search(text) is not None
+    accounts = grammar.accounts.get(platform) or grammar.accounts["text"]
+    if accounts.isdisjoint(mentions):
+        return not accounts.isdisjoint(m.lower().removeprefix("@") for m in mentions)
+    return True
 
 
 def _amount(rest: str, grammar: Grammar) -> int | str | None:
@@ -441,26 +489,40 @@ def _amount(rest: str, grammar: Grammar) -> int | str | None:
     return amount
 
 
-def _quantity(rest: str, grammar: Grammar) -> int | str:
-    """The ordered quantity (1 when none is written), or a reason code."""
+def _without_digit_words(text: str, grammar: Grammar) -> str:
+    for word in grammar.variants.digit_words:
+        if word in text:
+            text = text.replace(word, " ")
+    return text
+
+
+def _quantities(text: str) -> tuple[frozenset[int], bool]:
+    """Every quantity written in `text`, and whether a malformed one was."""
     found: set[int] = set()
-    for pre, num, _unit, word, cjk, bad in _QUANTITY_RE.findall(rest):
+    for pre, num, _unit, word, cjk, bad in _QUANTITY_RE.findall(text):
         if bad:
-            return BAD_QUANTITY
+            return frozenset(found), True
         if word:
             found.add(EN_NUMBERS[word])
         elif cjk:
             found.add(CJK_NUMBERS[cjk])
         else:
             value = pre or num
-            if not value.lstrip("-−+").isdigit() or value[0] in "-−":
-                return BAD_QUANTITY
+            if value[0] in "-−" or not value.lstrip("+").isdigit():
+                return frozenset(found), True
             found.add(int(value))
+    return frozenset(found), False
+
+
+def _quantity(found: AbstractSet[int], bad: bool, grammar: Grammar) -> int | str:
+    """The ordered quantity (1 when none is written), or a reason code."""
+    if bad:
+        return BAD_QUANTITY
     if not found:
         return 1
     if len(found) > 1:
         return BAD_QUANTITY
-    quantity = found.pop()
+    (quantity,) = found
     if quantity <= 0:
         return BAD_QUANTITY
     if quantity > grammar.per_buyer_limit:
@@ -468,31 +530,122 @@ def _quantity(rest: str, grammar: Grammar) -> int | str:
     return quantity
 
 
-def _variant(rest: str, grammar: Grammar) -> tuple[str | None, str]:
-    """(sku, "") when one product matches, else (None, reason)."""
-    variants = grammar.variants
-    words = variants.pattern.findall(rest)
-    groups_of = variants.groups_of
+def _groups(text: str, grammar: Grammar) -> frozenset[int]:
+    """Ids of the variant groups that have a synonym in `text`."""
+    groups_of = grammar.variants.groups_of
     matched: set[int] = set()
-    for word in words:
+    for word in grammar.variants.pattern.findall(text):
         gids = groups_of.get(word)
         if gids is None:
             gids = groups_of.get(_squash(word), frozenset())
         matched |= gids
+    return frozenset(matched)
+
+
+def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
+    """(sku, "") when exactly one product matches, else (None, reason)."""
     if grammar.single_sku is not None:
         return grammar.single_sku, ""
-    skus = [sku for sku, required in variants.products if required and required <= matched]
+    known = grammar._skus.get(matched)
+    if known is not None:
+        return known
+    products = grammar.variants.products
+    skus = [sku for sku, required in products if required and required <= matched]
+    defaults = [sku for sku, required in products if not required]
     if len(skus) == 1:
-        return skus[0], ""
-    if skus:
-        return None, AMBIGUOUS_VARIANT
-    defaults = [sku for sku, required in variants.products if not required]
-    if len(defaults) == 1:
-        return defaults[0], ""
-    return None, UNKNOWN_VARIANT
+        result: tuple[str | None, str] = (skus[0], "")
+    elif skus:
+        result = (None, AMBIGUOUS_VARIANT)
+    elif len(defaults) == 1:
+        result = (defaults[0], "")
+    else:
+        result = (None, UNKNOWN_VARIANT)
+    if len(grammar._skus) < _MEMO_LIMIT:
+        grammar._skus[matched] = result
+    return result
 
 
-def _parse(post: ParsablePost, grammar: Grammar) -> Decision:
+# What one whitespace-separated token means: (has a command word, variant groups, quantities,
+# malformed quantity, joins the next token). A token that ends in a number joins a following
+# unit ("16 gb" is storage, "2 台" a quantity), one that ends in "×" joins whatever follows.
+_Token = tuple[bool, frozenset[int], frozenset[int], bool, int]
+_UNIT_START_RE = re.compile(
+    r"(?:gb|g|tb|mb|gig|inch|mah|mm|cm|pcs|pc|units?|x|×)(?![a-z])|[寸元円块%台個个部つ]"
+)
+_MANY_END_RE = re.compile(r"(?<![a-z])(?:many|some|several|few|lots?|all|half)$")
+
+
+def _learn(token: str, grammar: Grammar) -> _Token:
+    quantities, bad = _quantities(_without_digit_words(token, grammar))
+    last = token[-1]
+    join = 1 if last.isdigit() else 2 if last == "×" else 1 if _MANY_END_RE.search(token) else 0
+    meaning = (
+        grammar.command_pattern.search(token) is not None or token in grammar.command_heads,
+        _groups(token, grammar),
+        quantities,
+        bad,
+        join,
+    )
+    if len(grammar._tokens) < _MEMO_LIMIT:
+        grammar._tokens[token] = meaning
+    return meaning
+
+
+def _order_by_token(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | str] | None:
+    """Variant groups and quantity of an order, token by token; None if a command word is in it.
+
+    Tokens repeat across a flash sale ("32g", "黑色", "两台"), so each is read once and
+    remembered; the answer is the same as reading the whole text at once.
+    """
+    known = grammar._tokens
+    tokens = rest.split()
+    count = len(tokens)
+    matched: frozenset[int] = frozenset()
+    found: frozenset[int] = frozenset()
+    bad = False
+    index = 0
+    while index < count:
+        token = tokens[index]
+        meaning = known.get(token) or _learn(token, grammar)
+        while (
+            meaning[4]
+            and index + 1 < count
+            and (meaning[4] == 2 or _UNIT_START_RE.match(tokens[index + 1]) is not None)
+        ):
+            index += 1
+            token += tokens[index]
+            meaning = known.get(token) or _learn(token, grammar)
+        if meaning[0]:
+            return None
+        if meaning[1]:
+            matched = matched | meaning[1]
+        if meaning[2]:
+            found = found | meaning[2]
+        bad = bad or meaning[3]
+        index += 1
+    return matched, _quantity(found, bad, grammar)
+
+
+def _order_by_text(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | str]:
+    found, bad = _quantities(_without_digit_words(rest, grammar))
+    return _groups(rest, grammar), _quantity(found, bad, grammar)
+
+
+def _command(rest: str, grammar: Grammar, lang: str) -> Decision | None:
+    match = grammar.command_pattern.search(rest)
+    if match is None:
+        return None
+    word = match.group()
+    command = grammar.command_of.get(word) or grammar.command_of[" ".join(word.split())]
+    if command == "topup":
+        amount = _amount(rest[match.end() :], grammar)
+        if isinstance(amount, str):
+            return _decision(grammar, "reject", lang, reason=amount)
+        return _decision(grammar, "topup", lang, amount=amount)
+    return _decision(grammar, command, lang)
+
+
+def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
     text = normalize_text(post.text)
     body = post.body
     if body is not None:
@@ -508,24 +661,16 @@ def _parse(post: ParsablePost, grammar: Grammar) -> Decision:
     if body is None:
         rest = _TAGS_AND_MENTIONS_RE.sub(" ", text) if ("#" in text or "@" in text) else text
 
-    command_match = grammar.command_pattern.search(rest)
-    if command_match is not None:
-        word = command_match.group()
-        command = grammar.command_of.get(word) or grammar.command_of[" ".join(word.split())]
-        if command == "topup":
-            amount = _amount(rest[command_match.end() :], grammar)
-            if isinstance(amount, str):
-                return _decision(grammar, "reject", lang, reason=amount)
-            return _decision(grammar, "topup", lang, amount=amount)
-        return _decision(grammar, command, lang)
-
-    sku, reason = _variant(rest, grammar)
-    if grammar.variants.digit_words:
-        for word in grammar.variants.digit_words:
-            rest = rest.replace(word, " ")
-    quantity = _quantity(rest, grammar)
+    order = _order_by_token(rest, grammar) if by_token and grammar.by_token else None
+    if order is None:
+        command = _command(rest, grammar, lang)
+        if command is not None:
+            return command
+        order = _order_by_text(rest, grammar)
+    matched, quantity = order
     if isinstance(quantity, str):
         return _decision(grammar, "reject", lang, reason=quantity)
+    sku, reason = _sku(matched, grammar)
     if sku is None:
         return _decision(grammar, "reject", lang, reason=reason)
     return _decision(grammar, "order", lang, sku=sku, quantity=quantity)
@@ -534,7 +679,19 @@ def _parse(post: ParsablePost, grammar: Grammar) -> Decision:
 def parse(post: ParsablePost, grammar: Grammar) -> Decision:
     """Exactly one decision for `post` in `grammar`'s campaign. Pure; never raises."""
     try:
-        return _parse(post, grammar)
+        return _parse(post, grammar, by_token=True)
+    except Exception:
+        logger.exception("cannot parse post %r", getattr(post, "post_id", None))
+        return Decision("reject", reason=UNPARSEABLE, lang=grammar.fallback_lang)
+
+
+def parse_by_text(post: ParsablePost, grammar: Grammar) -> Decision:
+    """`parse` without the per-token memo: reads the whole text with the regular expressions.
+
+    The reference the fast path is tested against; slower, same decisions.
+    """
+    try:
+        return _parse(post, grammar, by_token=False)
     except Exception:
         logger.exception("cannot parse post %r", getattr(post, "post_id", None))
         return Decision("reject", reason=UNPARSEABLE, lang=grammar.fallback_lang)
