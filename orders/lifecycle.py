@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, distinct, func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -242,7 +242,7 @@ def expire_holds(session: Session, now: datetime) -> list[Outcome]:
     """Lapse unpaid reservations whose hold has expired, release their stock and promote the
     waitlist. Returns the expired and promoted outcomes."""
     due = (r_.state == "awaiting_payment", r_.hold_expires_at <= now)
-    campaign_ids = list(session.scalars(select(distinct(r_.campaign_id)).where(*due)))
+    campaign_ids = list(session.scalars(select(r_.campaign_id).distinct().where(*due)))
     if not campaign_ids:
         return []
     book = Book.open(session, campaign_ids, now)
@@ -276,7 +276,7 @@ def settle_buyer(session: Session, buyer: str, *, now: datetime) -> list[Outcome
         r_.state == "awaiting_payment",
         r_.hold_expires_at > now,
     )
-    campaign_ids = list(session.scalars(select(distinct(r_.campaign_id)).where(*pending)))
+    campaign_ids = list(session.scalars(select(r_.campaign_id).distinct().where(*pending)))
     if not campaign_ids:
         return []
     book = Book.open(session, campaign_ids, now)
