@@ -159,9 +159,9 @@ def check_payments(session: Session) -> list[str]:
         if row.payment == "refunded" and refund_ref(row.id) not in ledger_rows:
             problems.append(f"reservation {row.id}: refunded but no refund in the ledger")
     paid = {hold_ref(i) for i in session.scalars(select(r_.id).where(r_.payment.is_not(None)))}
-    for ref, row in ledger_rows.items():
-        if ref.startswith("reservation:") and ref not in paid and row.state != "voided":
-            problems.append(f"ledger purchase {ref} ({row.state}) matches no paid reservation")
+    for ref, transfer in ledger_rows.items():
+        if ref.startswith("reservation:") and ref not in paid and transfer.state != "voided":
+            problems.append(f"ledger purchase {ref} ({transfer.state}) matches no paid reservation")
     return problems
 
 
