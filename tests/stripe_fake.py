@@ -333,3 +333,145 @@ def no_retry_sleep(monkeypatch: Any) -> None:
     from stripe._http_client import HTTPClient
 
     monkeypatch.setattr(HTTPClient, "_sleep_time_seconds", lambda self, n: 0.0)
+
+
+SHOP_BRAND = """
+[brand]
+id = "shop"
+name = "Shop <Phones> & Co"
+
+[[campaigns]]
+id = "drop"
+name = "Phone drop"
+hashtag = "PhoneDrop"
+currency = "USD"
+opens_at = 2026-01-01T00:00:00Z
+closes_at = 2036-01-01T00:00:00Z
+per_buyer_limit = 5
+hold_minutes = 60
+topup_min = 500
+topup_max = 200000
+
+[[campaigns.products]]
+sku = "PHONE"
+name = "Phone <b>64GB</b>"
+price = 29900
+stock = 2
+
+[[campaigns.products]]
+sku = "CASE"
+name = "Case"
+price = 1000
+stock = 1000
+"""
+
+
+class Shop:
+    """A running web app on a fresh database, with Stripe faked and a hand-moved clock."""
+
+    def __init__(self, db_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+        from fastapi.testclient import TestClient
+        from pydantic import SecretStr
+
+        from bot.links import LinkSigner
+        from bot.web import create_app
+        from config.database import create_engine, session_factory
+        from config.loader import load_brand
+        from config.settings import Settings
+        from orders.campaigns import load_campaigns
+        from wallet.stripe_payments import make_client
+
+        no_retry_sleep(monkeypatch)
+        path = tmp_path / "shop.toml"
+        path.write_text(SHOP_BRAND, encoding="utf-8")
+        self.brands = [load_brand(path)]
+        self.engine = create_engine(db_url)
+        self.factory = session_factory(self.engine)
+        self.fake = FakeStripe()
+        self.rsps = responses.RequestsMock(assert_all_requests_are_fired=False)
+        self.rsps.start()
+        self.fake.install(self.rsps)
+        self.clock = Clock(self.fake.now)
+        with self.factory.begin() as session:
+            load_campaigns(session, self.brands, now=self.clock.now)
+        self.settings = Settings(
+            STRIPE_WEBHOOK_SECRET=SecretStr(WEBHOOK_SECRET),
+            FLASHTAG_LINK_SECRET=SecretStr("link-secret-for-tests-0123456789"),
+            PUBLIC_URL="https://shop.example",
+        )
+        self.signer = LinkSigner(b"link-secret-for-tests-0123456789")
+        self.stripe = make_client("sk_test_fake", max_network_retries=2)
+        self.app = create_app(
+            self.settings,
+            self.factory,
+            self.brands,
+            self.clock,
+            stripe_client=self.stripe,
+            signer=self.signer,
+        )
+        self.http = TestClient(self.app, follow_redirects=False)
+        self._posts = itertools.count(1)
+
+    def close(self) -> None:
+        self.http.close()
+        self.rsps.stop()
+        self.rsps.reset()
+        self.engine.dispose()
+
+    def token(self, buyer: str, campaign: str = "drop") -> str:
+        return self.signer.issue(buyer, campaign, now=self.clock.now)
+
+    def order(
+        self, buyer: str, sku: str = "PHONE", quantity: int = 1, handle: str = "fan"
+    ) -> list[Any]:
+        from orders.commands import Command, Decision
+        from orders.engine import apply
+
+        command = Command(
+            platform=buyer.split(":")[0],
+            post_id=str(next(self._posts)),
+            buyer=buyer,
+            handle=handle,
+            posted_at=self.clock.now,
+            decision=Decision("order", sku=sku, quantity=quantity),
+            campaign_id="drop",
+        )
+        with self.factory.begin() as session:
+            return apply(session, [command], now=self.clock.now)
+
+    def deliver(
+        self, event: dict[str, Any], *, timestamp: int | None = None, secret: str = WEBHOOK_SECRET
+    ) -> Any:
+        body, headers = signed(event, secret=secret, timestamp=timestamp)
+        return self.http.post("/stripe/webhook", content=body, headers=headers)
+
+    def paid_checkout(self, buyer: str, amount: int) -> dict[str, Any]:
+        """The buyer opens their top-up link and pays; returns the completed session."""
+        response = self.http.get(f"/topup/{self.token(buyer)}", params={"amount": amount})
+        assert response.status_code in (200, 303), response.text
+        session_id = max(self.fake.sessions)
+        return self.fake.pay(session_id)
+
+    def balance(self, buyer: str, currency: str = "USD") -> int:
+        from wallet import ledger
+
+        with self.factory() as session:
+            return ledger.available(session, buyer, currency)
+
+    def audit(self) -> list[str]:
+        from wallet import ledger
+
+        with self.factory() as session:
+            try:
+                from orders.audit import audit
+            except ModuleNotFoundError:
+                return ledger.audit(session)
+            return audit(session)
+
+    def count(self, table: Any, *where: Any) -> int:
+        from sqlalchemy import func, select
+
+        with self.factory() as session:
+            return int(
+                session.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+            )

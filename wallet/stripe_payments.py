@@ -31,7 +31,7 @@ from typing import Any
 import stripe
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, RowMapping
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import Table
 
@@ -292,7 +292,7 @@ def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str
 def record_event(session: Session, event: Mapping[str, Any], *, outcome: str, at: datetime) -> bool:
     """Record an event id; False when it was recorded before (a redelivery or a replay)."""
     obj = (event.get("data") or {}).get("object") or {}
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+    result = session.execute(
         _insert(session, stripe_events)
         .values(
             event_id=event["id"],
@@ -302,8 +302,9 @@ def record_event(session: Session, event: Mapping[str, Any], *, outcome: str, at
             received_at=at,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(stripe_events.c.id)
     )
-    return bool(result.rowcount)
+    return result.first() is not None
 
 
 def set_event_outcome(session: Session, event_id: str, outcome: str) -> None:
@@ -455,7 +456,7 @@ def apply_charge_refunded(session: Session, charge: Mapping[str, Any], *, at: da
     if delta <= 0:
         return 0
     key = f"charge:{charge.get('id')}:{refunded}"
-    inserted: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+    inserted = session.execute(
         _insert(session, stripe_refunds)
         .values(
             key=key,
@@ -470,8 +471,9 @@ def apply_charge_refunded(session: Session, charge: Mapping[str, Any], *, at: da
             updated_at=at,
         )
         .on_conflict_do_nothing(index_elements=["key"])
+        .returning(stripe_refunds.c.id)
     )
-    if not inserted.rowcount:
+    if inserted.first() is None:
         return 0
     ledger.debit_refund(
         session, buyer=row["buyer"], amount=delta, currency=row["currency"], ref=key, at=at

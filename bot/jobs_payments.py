@@ -1,0 +1,134 @@
+"""Applying paid top-ups to orders, and the reconciliation job the clock schedules.
+
+`apply_topup` is the single place a paid Checkout Session turns into credit and settled orders:
+the webhook and `reconcile_payments` both call it, inside one transaction each, so a top-up is
+credited once whichever of them sees it first, and the buyer's awaiting reservations are settled
+and their replies queued in that same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import stripe
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import outbox
+from bot.links import LinkSigner
+from config.brand import Brand
+from orders.engine import settle_buyer
+from orders.outcomes import Outcome
+from wallet.stripe_payments import (
+    PaidSession,
+    apply_paid_session,
+    completed_sessions,
+    paid_session,
+    unapplied,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECONCILE_HOURS = 48
+
+
+def _queue(
+    session: Session,
+    outcomes: Sequence[Outcome],
+    *,
+    brands: Sequence[Brand],
+    now: datetime,
+    public_url: str | None,
+    signer: LinkSigner | None,
+) -> None:
+    """Queue replies for settled reservations, brand by brand (the outbox paces them)."""
+    by_campaign = {c.id: b for b in brands for c in b.campaigns}
+    groups: dict[str, tuple[Brand, list[Outcome]]] = {}
+    for outcome in outcomes:
+        brand = by_campaign.get(outcome.campaign_id)
+        if brand is None:
+            log.error("settled a reservation of unknown campaign %s", outcome.campaign_id)
+            continue
+        groups.setdefault(brand.brand.id, (brand, []))[1].append(outcome)
+    for brand, items in groups.values():
+        outbox.queue(session, items, brand=brand, now=now, public_url=public_url, signer=signer)
+
+
+def apply_topup(
+    session: Session,
+    paid: PaidSession,
+    *,
+    brands: Sequence[Brand],
+    now: datetime,
+    via: str,
+    public_url: str | None = None,
+    signer: LinkSigner | None = None,
+) -> list[Outcome] | None:
+    """Credit a paid session once, settle the buyer's awaiting reservations, queue the replies.
+
+    Flushes only; the caller commits. Returns the settlement outcomes, or None when this session
+    had already been applied (nothing changed).
+    """
+    if not apply_paid_session(session, paid, at=now, via=via):
+        return None
+    outcomes = settle_buyer(session, paid.buyer, now=now)
+    _queue(session, outcomes, brands=brands, now=now, public_url=public_url, signer=signer)
+    return outcomes
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation run saw and did."""
+
+    seen: int = 0
+    paid: int = 0
+    applied: list[str] = field(default_factory=list)
+
+
+def reconcile_payments(
+    factory: sessionmaker[Session],
+    client: stripe.StripeClient,
+    brands: Sequence[Brand],
+    *,
+    now: datetime,
+    hours: float = DEFAULT_RECONCILE_HOURS,
+    public_url: str | None = None,
+    signer: LinkSigner | None = None,
+) -> ReconcileReport:
+    """Apply every paid Checkout Session of the last `hours` whose webhook never arrived.
+
+    Stripe is listed first (no transaction open meanwhile); each missing session is then applied
+    in its own transaction through `apply_topup`, the webhook's own path, so a webhook arriving
+    during or after the run cannot credit it again. Raises
+    `wallet.stripe_payments.StripeUnavailableError` if Stripe cannot be listed; nothing is
+    applied then.
+    """
+    report = ReconcileReport()
+    found: list[PaidSession] = []
+    for obj in completed_sessions(client, since=now - timedelta(hours=hours)):
+        report.seen += 1
+        paid = paid_session(obj)
+        if paid is not None:
+            found.append(paid)
+    report.paid = len(found)
+    with factory.begin() as session:
+        missing = unapplied(session, [p.session_id for p in found])
+    for paid in found:
+        if paid.session_id not in missing:
+            continue
+        with factory.begin() as session:
+            outcomes = apply_topup(
+                session,
+                paid,
+                brands=brands,
+                now=now,
+                via="reconcile",
+                public_url=public_url,
+                signer=signer,
+            )
+            if outcomes is not None:
+                report.applied.append(paid.session_id)
+                log.warning("reconciled %s: its webhook never arrived", paid.session_id)
+    return report

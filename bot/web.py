@@ -1,0 +1,517 @@
+"""The web process: top-up links, the Stripe webhook, the buyer status page, campaign stock.
+
+- `GET /topup/{token}?amount=` opens a Stripe Checkout Session for the link's buyer and campaign
+  and redirects there (amount in minor units, within the campaign's `topup_min..topup_max`).
+  Stripe down or slow: a 503 page asking to try again; the retry reuses the idempotency key, so
+  Stripe never makes a second session for the same link and amount.
+- `POST /stripe/webhook` verifies `Stripe-Signature` on the raw body (400 and no change when it
+  is missing, forged or older than 300 s), records the event id once, and applies paid Checkout
+  Sessions (credit, settle, queue replies: one transaction) and `charge.refunded` (debit).
+- `GET /me/{token}`: the buyer's reservations, queue positions, hold deadlines and balance.
+- `GET /c/{campaign}`: stock left per SKU and reservations per state.
+- `GET /healthz`: 200 when the database answers.
+
+Every page is plain HTML that works on a phone, and every value on it is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import stripe
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import func, select, text, tuple_
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from bot.jobs_payments import apply_topup
+from bot.links import (
+    ExpiredLinkError,
+    InvalidLinkError,
+    LinkSigner,
+    link_id,
+    signer_for,
+    status_url,
+)
+from config.brand import Brand, Campaign
+from config.settings import Settings
+from orders.tables import products, reservations
+from wallet import ledger
+from wallet.stripe_payments import (
+    BadSignatureError,
+    StripeRejectedError,
+    StripeUnavailableError,
+    TopupRequest,
+    apply_charge_refunded,
+    make_client,
+    mark_session_expired,
+    open_checkout,
+    paid_session,
+    record_event,
+    set_event_outcome,
+    verify_event,
+)
+from wallet.stripe_tables import stripe_checkout_sessions
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+PAID_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+_WEBHOOK_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Site:
+    """Everything the handlers share."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    campaigns: Mapping[str, tuple[Brand, Campaign]]
+    brands: Sequence[Brand]
+    clock: Clock
+    signer: LinkSigner
+    stripe: stripe.StripeClient | None
+
+
+# --- HTML --------------------------------------------------------------------------------------
+
+_STYLE = (
+    "body{font-family:system-ui,-apple-system,sans-serif;max-width:40rem;margin:0 auto;"
+    "padding:1rem;line-height:1.45;color:#222}h1{font-size:1.4rem}h2{font-size:1.1rem}"
+    "table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .25rem;"
+    "border-bottom:1px solid #ddd;vertical-align:top}.note{background:#fff7d6;padding:.6rem;"
+    "border-radius:.3rem}.big{font-size:1.3rem;font-weight:600}a.button,button{display:inline-block;"
+    "padding:.6rem 1rem;background:#1a5fd0;color:#fff;border:0;border-radius:.3rem;"
+    "text-decoration:none;font-size:1rem}input{font-size:1rem;padding:.4rem;width:8rem}"
+)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str, status: int = 200, lang: str = "en") -> HTMLResponse:
+    doc = (
+        f'<!doctype html><html lang="{_e(lang)}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="robots" content="noindex">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{_e(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def money(amount: int, campaign: Campaign) -> str:
+    """Minor units as a decimal amount with its currency, without floats: 199900 -> 1999.00 CNY."""
+    digits = campaign.minor_digits
+    sign = "-" if amount < 0 else ""
+    whole, part = divmod(abs(amount), 10**digits)
+    return (
+        f"{sign}{whole}.{part:0{digits}d} {campaign.currency}"
+        if digits
+        else f"{sign}{whole} {campaign.currency}"
+    )
+
+
+def _when(at: datetime | None, campaign: Campaign) -> str:
+    if at is None:
+        return ""
+    try:
+        zone = ZoneInfo(campaign.timezone)
+    except (KeyError, ValueError):
+        zone = ZoneInfo("UTC")
+    return at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def _hold_deadline(session: Session, buyer: str, campaign_id: str) -> datetime | None:
+    r = reservations
+    found: datetime | None = session.execute(
+        select(func.min(r.c.hold_expires_at)).where(
+            r.c.buyer == buyer, r.c.campaign_id == campaign_id, r.c.state == "awaiting_payment"
+        )
+    ).scalar_one()
+    return found
+
+
+def _amount_due(session: Session, buyer: str, campaign: Campaign) -> int:
+    r = reservations
+    due = session.execute(
+        select(func.coalesce(func.sum(r.c.amount), 0)).where(
+            r.c.buyer == buyer, r.c.campaign_id == campaign.id, r.c.state == "awaiting_payment"
+        )
+    ).scalar_one()
+    return max(int(due) - ledger.available(session, buyer, campaign.currency), 0)
+
+
+def _queue_position(session: Session, row: RowMapping) -> int:
+    r = reservations
+    ahead = session.execute(
+        select(func.coalesce(func.sum(r.c.quantity), 0)).where(
+            r.c.campaign_id == row["campaign_id"],
+            r.c.sku == row["sku"],
+            r.c.state == "waitlisted",
+            tuple_(r.c.posted_at, r.c.post_id, r.c.part)
+            < tuple_(row["posted_at"], row["post_id"], row["part"]),
+        )
+    ).scalar_one()
+    return int(ahead) + 1
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+def _link(site: Site, token: str) -> tuple[Any, Brand, Campaign] | HTMLResponse:
+    try:
+        link = site.signer.verify(token, now=site.clock())
+    except ExpiredLinkError:
+        return _page(
+            "This link has expired",
+            "<p>Ask the bot for a fresh one: reply <b>status</b> or <b>topup</b> to it.</p>",
+            410,
+        )
+    except InvalidLinkError:
+        return _page("Link not found", "<p>This link is not valid.</p>", 404)
+    found = site.campaigns.get(link.campaign_id)
+    if found is None:
+        return _page("Link not found", "<p>This sale is not running here.</p>", 404)
+    return link, found[0], found[1]
+
+
+def _topup_form(token: str, campaign: Campaign, amount: int, error: str = "") -> str:
+    digits = campaign.minor_digits
+    lo, hi = money(campaign.topup_min, campaign), money(campaign.topup_max, campaign)
+    unit = "1" if digits == 0 else f"0.{'0' * (digits - 1)}1"
+    msg = f'<p class="note">{_e(error)}</p>' if error else ""
+    return (
+        f"{msg}<p>Top up your {_e(campaign.name)} wallet with Stripe. "
+        f"Between {_e(lo)} and {_e(hi)}; amounts are in {_e(unit)} {_e(campaign.currency)} units "
+        f"of the smallest coin (minor units).</p>"
+        f'<form method="get" action="/topup/{_e(token)}">'
+        f'<label>Amount (minor units) <input name="amount" inputmode="numeric" '
+        f'value="{_e(amount)}"></label> <button type="submit">Pay with Stripe</button></form>'
+    )
+
+
+def topup(site: Site, token: str, amount_text: str | None) -> Response:
+    found = _link(site, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    link, brand, campaign = found
+    now = site.clock()
+    with site.factory() as session:
+        suggested = max(_amount_due(session, link.buyer, campaign), campaign.topup_min)
+        hold_deadline = _hold_deadline(session, link.buyer, campaign.id)
+    suggested = min(suggested, campaign.topup_max)
+    if amount_text is None or amount_text == "":
+        return _page("Top up", _topup_form(token, campaign, suggested), lang=campaign.language)
+    if not amount_text.isdigit() or len(amount_text) > 12:
+        form = _topup_form(token, campaign, suggested, "The amount must be a whole number.")
+        return _page("Top up", form, 400, campaign.language)
+    amount = int(amount_text)
+    if not campaign.topup_min <= amount <= campaign.topup_max:
+        error = (
+            f"Top-ups are between {money(campaign.topup_min, campaign)} and "
+            f"{money(campaign.topup_max, campaign)}."
+        )
+        return _page(
+            "Top up", _topup_form(token, campaign, suggested, error), 400, campaign.language
+        )
+    if site.stripe is None:
+        log.error("top-up asked but STRIPE_SECRET_KEY is not set")
+        return _page("Payments are not available", "<p>Please try again later.</p>", 503)
+    me = status_url(site.settings.public_url, token)
+    request = TopupRequest(
+        link_id=link_id(token),
+        buyer=link.buyer,
+        campaign_id=campaign.id,
+        currency=campaign.currency,
+        amount=amount,
+        product_name=f"{brand.brand.name} credit ({campaign.name})",
+        success_url=f"{me}?paid=1",
+        cancel_url=me,
+        hold_deadline=hold_deadline,
+    )
+    try:
+        checkout = open_checkout(site.factory, site.stripe, request, now=now)
+    except StripeUnavailableError:
+        retry = f"/topup/{token}?amount={amount}"
+        return _page(
+            "Payment is busy, please try again",
+            "<p>Stripe did not answer in time. Nothing was charged.</p>"
+            f'<p><a class="button" href="{_e(retry)}">Try again</a></p>'
+            "<p>Trying again is safe: you will get the same payment page, never a second charge "
+            "for this link.</p>",
+            503,
+            campaign.language,
+        )
+    except StripeRejectedError:
+        return _page(
+            "Payment could not be started",
+            "<p>Stripe refused this payment. Nothing was charged. Please ask the bot for a new "
+            "top-up link.</p>",
+            502,
+            campaign.language,
+        )
+    if checkout.outlives_hold and hold_deadline is not None:
+        body = (
+            '<p class="note">Your reservation is held until '
+            f"<b>{_e(_when(hold_deadline, campaign))}</b>. Stripe keeps its payment page open "
+            "for at least 30 minutes, so if you pay "
+            "after that time the money stays in your wallet as credit: it is used for your next "
+            "order or refunded on request, never lost.</p>"
+            f"<p>Amount: <b>{_e(money(amount, campaign))}</b></p>"
+            f'<p><a class="button" href="{_e(checkout.url)}">Continue to payment</a></p>'
+        )
+        return _page("Top up", body, 200, campaign.language)
+    return RedirectResponse(checkout.url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+def _handle_event(site: Site, session: Session, event: Mapping[str, Any]) -> str:
+    kind = event.get("type")
+    obj = (event.get("data") or {}).get("object") or {}
+    now = site.clock()
+    if kind in PAID_EVENTS:
+        paid = paid_session(obj)
+        if paid is None:
+            return "unpaid"
+        applied = apply_topup(
+            session,
+            paid,
+            brands=site.brands,
+            now=now,
+            via="webhook",
+            public_url=site.settings.public_url,
+            signer=site.signer,
+        )
+        return "credited" if applied is not None else "already_credited"
+    if kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
+        mark_session_expired(session, obj)
+        return "expired"
+    if kind == "charge.refunded":
+        return f"debited:{apply_charge_refunded(session, obj, at=now)}"
+    return "ignored"
+
+
+def webhook(site: Site, payload: bytes, signature: str | None) -> Response:
+    secret = site.settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        log.error("Stripe webhook received but STRIPE_WEBHOOK_SECRET is not set")
+        return JSONResponse({"error": "webhook secret not configured"}, status_code=503)
+    try:
+        event = verify_event(payload, signature, secret.get_secret_value())
+    except BadSignatureError as exc:
+        log.warning("rejected a Stripe webhook: %s", exc)
+        return JSONResponse({"error": "invalid signature"}, status_code=400)
+    for attempt in range(1, _WEBHOOK_ATTEMPTS + 1):
+        try:
+            with site.factory.begin() as session:
+                if not record_event(session, event, outcome="received", at=site.clock()):
+                    return JSONResponse({"received": True, "duplicate": True})
+                outcome = _handle_event(site, session, event)
+                set_event_outcome(session, event["id"], outcome)
+        except (IntegrityError, DBAPIError) as exc:
+            # A concurrent delivery of the same payment won the race, or PostgreSQL found a
+            # serialisation conflict: the transaction rolled back, so run it again.
+            if attempt == _WEBHOOK_ATTEMPTS:
+                log.error(
+                    "webhook %s failed %d times: %s", event["id"], attempt, type(exc).__name__
+                )
+                return JSONResponse({"error": "try again"}, status_code=500)
+            continue
+        log.info("webhook %s %s: %s", event["id"], event.get("type"), outcome)
+        return JSONResponse({"received": True, "outcome": outcome})
+    return JSONResponse({"error": "try again"}, status_code=500)  # pragma: no cover
+
+
+def status_page(site: Site, token: str, paid: bool) -> Response:
+    found = _link(site, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    link, _brand, campaign = found
+    r = reservations
+    with site.factory() as session:
+        balance = ledger.available(session, link.buyer, campaign.currency)
+        rows = (
+            session.execute(
+                select(r, products.c.name.label("product_name"))
+                .join(
+                    products,
+                    (products.c.campaign_id == r.c.campaign_id) & (products.c.sku == r.c.sku),
+                )
+                .where(r.c.buyer == link.buyer, r.c.campaign_id == campaign.id)
+                .order_by(r.c.posted_at, r.c.post_id, r.c.part)
+            )
+            .mappings()
+            .all()
+        )
+        positions = {
+            row["id"]: _queue_position(session, row) for row in rows if row["state"] == "waitlisted"
+        }
+        pending_topups = session.execute(
+            select(func.count()).where(
+                stripe_checkout_sessions.c.buyer == link.buyer,
+                stripe_checkout_sessions.c.state == "open",
+            )
+        ).scalar_one()
+    parts = []
+    if paid:
+        parts.append(
+            '<p class="note">Thank you! Your payment is being confirmed by Stripe; your balance '
+            "updates within moments. Reload this page to see it.</p>"
+        )
+    parts.append(f'<p>Balance: <span class="big">{_e(money(balance, campaign))}</span></p>')
+    if pending_topups:
+        parts.append(f"<p>Top-ups started and not yet paid: {_e(pending_topups)}</p>")
+    labels = {
+        "awaiting_payment": "Awaiting payment",
+        "confirmed": "Confirmed",
+        "waitlisted": "On the waitlist",
+        "cancelled": "Cancelled",
+        "expired": "Hold lapsed",
+        "rejected": "Rejected",
+    }
+    if rows:
+        parts.append("<h2>Your reservations</h2><table><tr><th>Item</th><th>Status</th></tr>")
+        for row in rows:
+            detail = [_e(labels.get(row["state"], row["state"]))]
+            if row["state"] == "awaiting_payment":
+                detail.append(
+                    f"pay {_e(money(int(row['amount']), campaign))} by "
+                    f"<b>{_e(_when(row['hold_expires_at'], campaign))}</b>"
+                )
+            if row["state"] == "waitlisted":
+                detail.append(f"position <b>{_e(positions[row['id']])}</b> in the queue")
+            if row["reason"]:
+                detail.append(f"({_e(row['reason'])})")
+            parts.append(
+                f"<tr><td>{_e(row['quantity'])} × {_e(row['product_name'])}</td>"
+                f"<td>{'<br>'.join(detail)}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append("<p>No reservations yet.</p>")
+    due = sum(int(row["amount"]) for row in rows if row["state"] == "awaiting_payment")
+    if due > balance:
+        amount = min(max(due - balance, campaign.topup_min), campaign.topup_max)
+        href = f"/topup/{token}?amount={amount}"
+        parts.append(
+            f'<p><a class="button" href="{_e(href)}">Top up {_e(money(amount, campaign))}</a></p>'
+        )
+    parts.append(f"<p><small>Updated {_e(_when(site.clock(), campaign))}</small></p>")
+    return _page(campaign.name, "".join(parts), 200, campaign.language)
+
+
+def campaign_page(site: Site, campaign_id: str) -> Response:
+    found = site.campaigns.get(campaign_id)
+    if found is None:
+        return _page("Not found", "<p>No such sale.</p>", 404)
+    _brand, campaign = found
+    r = reservations
+    with site.factory() as session:
+        stock = session.execute(
+            select(products.c.sku, products.c.name, products.c.stock, products.c.allocated)
+            .where(products.c.campaign_id == campaign.id)
+            .order_by(products.c.sku)
+        ).all()
+        states: dict[str, int] = dict(
+            session.execute(
+                select(r.c.state, func.count())
+                .where(r.c.campaign_id == campaign.id)
+                .group_by(r.c.state)
+            ).all()
+        )
+    parts = ["<h2>Stock</h2><table><tr><th>SKU</th><th>Item</th><th>Left</th><th>of</th></tr>"]
+    for sku, name, total, allocated in stock:
+        parts.append(
+            f"<tr><td>{_e(sku)}</td><td>{_e(name)}</td><td>{_e(total - allocated)}</td>"
+            f"<td>{_e(total)}</td></tr>"
+        )
+    parts.append("</table><h2>Reservations</h2><table><tr><th>State</th><th>Count</th></tr>")
+    for state in (
+        "awaiting_payment",
+        "confirmed",
+        "waitlisted",
+        "cancelled",
+        "expired",
+        "rejected",
+    ):
+        parts.append(f"<tr><td>{_e(state)}</td><td>{_e(states.get(state, 0))}</td></tr>")
+    parts.append("</table>")
+    return _page(campaign.name, "".join(parts), 200, campaign.language)
+
+
+def healthz(site: Site) -> Response:
+    try:
+        with site.factory() as session:
+            session.execute(text("SELECT 1"))
+    except DBAPIError:
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    brands: Sequence[Brand],
+    clock: Clock,
+    *,
+    stripe_client: stripe.StripeClient | None = None,
+    signer: LinkSigner | None = None,
+) -> FastAPI:
+    """The web app. `stripe_client` defaults to one built from `STRIPE_SECRET_KEY` (absent when
+    the key is unset: top-up pages then answer 503); `signer` to `bot.links.signer_for`."""
+    if stripe_client is None and settings.stripe_secret_key is not None:
+        stripe_client = make_client(settings.stripe_secret_key.get_secret_value())
+    campaigns: dict[str, tuple[Brand, Campaign]] = {}
+    for brand in brands:
+        for campaign in brand.campaigns:
+            campaigns.setdefault(campaign.id, (brand, campaign))
+    site = Site(
+        settings=settings,
+        factory=factory,
+        campaigns=campaigns,
+        brands=list(brands),
+        clock=clock,
+        signer=signer or signer_for(settings, factory),
+        stripe=stripe_client,
+    )
+    app = FastAPI(title="flashtag", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/topup/{token}")
+    def _topup(token: str, amount: str | None = None) -> Response:
+        return topup(site, token, amount)
+
+    @app.post("/stripe/webhook")
+    async def _webhook(request: Request) -> Response:
+        payload = await request.body()
+        signature = request.headers.get("stripe-signature")
+        return await run_in_threadpool(webhook, site, payload, signature)
+
+    @app.get("/me/{token}")
+    def _me(token: str, paid: str | None = None) -> Response:
+        return status_page(site, token, paid == "1")
+
+    @app.get("/c/{campaign_id}")
+    def _campaign(campaign_id: str) -> Response:
+        return campaign_page(site, campaign_id)
+
+    @app.get("/healthz")
+    def _healthz() -> Response:
+        return healthz(site)
+
+    return app

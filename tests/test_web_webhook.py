@@ -1,0 +1,169 @@
+"""`POST /stripe/webhook`: only Stripe's signed events count, each once, in any order.
+
+Deliveries are signed with `stripe.WebhookSignature.generate_signature_header` (Stripe's v1
+scheme) and go through the real app (FastAPI TestClient), on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from stripe_fake import Shop
+
+from bot.tables import outbox_messages
+from orders.tables import reservations
+from wallet.stripe_tables import stripe_events
+from wallet.tables import transfers
+
+BUYER = "mastodon:109348"
+
+
+@pytest.fixture
+def shop(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
+    s = Shop(db_url, tmp_path, monkeypatch)
+    yield s
+    s.close()
+
+
+def _state(shop: Shop, buyer: str) -> list[str]:
+    with shop.factory() as session:
+        query = select(reservations.c.state).where(reservations.c.buyer == buyer)
+        return list(session.execute(query.order_by(reservations.c.id)).scalars())
+
+
+def test_a_paid_top_up_credits_settles_and_queues_the_reply_in_one_go(shop: Shop) -> None:
+    [outcome] = shop.order(BUYER)
+    assert outcome.kind == "payment_needed" and _state(shop, BUYER) == ["awaiting_payment"]
+    session = shop.paid_checkout(BUYER, 29900)
+
+    response = shop.deliver(shop.fake.event("checkout.session.completed", session))
+
+    assert response.status_code == 200 and response.json()["outcome"] == "credited"
+    assert _state(shop, BUYER) == ["confirmed"]
+    assert shop.balance(BUYER) == 0  # 299.00 in, 299.00 spent on the phone
+    assert shop.count(outbox_messages, outbox_messages.c.idempotency_key.like("%:confirmed")) == 1
+    assert shop.audit() == []
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["wrong_secret", "no_header", "stale", "body_changed", "garbage_header", "future_secret"],
+)
+def test_unverified_deliveries_get_400_and_change_nothing(shop: Shop, tamper: str) -> None:
+    shop.order(BUYER)
+    event = shop.fake.event("checkout.session.completed", shop.paid_checkout(BUYER, 29900))
+    if tamper == "wrong_secret":
+        response = shop.deliver(event, secret="whsec_attacker")
+    elif tamper == "stale":
+        response = shop.deliver(event, timestamp=int(time.time()) - 301)
+    elif tamper == "future_secret":
+        response = shop.deliver(event, secret="")
+    else:
+        from stripe_fake import signed
+
+        body, headers = signed(event)
+        if tamper == "no_header":
+            del headers["Stripe-Signature"]
+        elif tamper == "garbage_header":
+            headers["Stripe-Signature"] = "t=abc,v1=zz"
+        else:  # a valid signature, for a body that says someone else paid
+            body = body.replace(BUYER.encode(), b"mastodon:666")
+        response = shop.http.post("/stripe/webhook", content=body, headers=headers)
+    assert response.status_code == 400
+    assert shop.count(stripe_events) == 0
+    assert shop.balance(BUYER) == 0 and shop.balance("mastodon:666") == 0
+    assert _state(shop, BUYER) == ["awaiting_payment"]
+
+
+def test_redelivered_and_replayed_events_credit_once(shop: Shop) -> None:
+    event = shop.fake.event("checkout.session.completed", shop.paid_checkout(BUYER, 5000))
+    first = shop.deliver(event)
+    again = shop.deliver(event)  # Stripe's retry of the same event id
+    replay = shop.deliver(event, timestamp=int(time.time()) - 200)  # captured and resent
+    late_replay = shop.deliver(event, timestamp=int(time.time()) - 3600)
+    assert first.json()["outcome"] == "credited"
+    assert again.json()["duplicate"] and replay.json()["duplicate"]
+    assert late_replay.status_code == 400
+    assert shop.balance(BUYER) == 5000
+    assert shop.count(stripe_events) == 1
+
+
+def test_async_payment_events_in_either_order_credit_once(shop: Shop) -> None:
+    shop.order(BUYER, sku="CASE")
+    response = shop.http.get(f"/topup/{shop.token(BUYER)}", params={"amount": 1000})
+    assert response.status_code in (200, 303)
+    sid = max(shop.fake.sessions)
+    completed_unpaid = shop.fake.event(
+        "checkout.session.completed", shop.fake.pay(sid, async_payment=True)
+    )
+    succeeded = shop.fake.event(
+        "checkout.session.async_payment_succeeded", shop.fake.settle_async(sid)
+    )
+    expired_late = shop.fake.event(
+        "checkout.session.expired", dict(shop.fake.sessions[sid], status="expired")
+    )
+
+    assert shop.deliver(succeeded).json()["outcome"] == "credited"
+    assert shop.deliver(completed_unpaid).json()["outcome"] == "unpaid"
+    assert shop.deliver(expired_late).json()["outcome"] == "expired"
+    assert shop.deliver(succeeded).json()["duplicate"]
+    assert _state(shop, BUYER) == ["confirmed"]
+    assert shop.balance(BUYER) == 0
+    assert shop.audit() == []
+
+
+def test_unpaid_completion_waits_for_the_money(shop: Shop) -> None:
+    shop.order(BUYER, sku="CASE")
+    shop.http.get(f"/topup/{shop.token(BUYER)}", params={"amount": 1000})
+    sid = max(shop.fake.sessions)
+    event = shop.fake.event("checkout.session.completed", shop.fake.pay(sid, async_payment=True))
+    assert shop.deliver(event).json()["outcome"] == "unpaid"
+    assert shop.balance(BUYER) == 0 and _state(shop, BUYER) == ["awaiting_payment"]
+
+
+def test_unknown_event_types_are_acknowledged_and_ignored(shop: Shop) -> None:
+    event = shop.fake.event("customer.created", {"id": "cus_test_1", "object": "customer"})
+    response = shop.deliver(event)
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert shop.count(stripe_events, stripe_events.c.outcome == "ignored") == 1
+
+
+def test_a_dashboard_refund_debits_the_wallet(shop: Shop) -> None:
+    session = shop.paid_checkout(BUYER, 5000)
+    shop.deliver(shop.fake.event("checkout.session.completed", session))
+    charge = shop.fake.refund_in_dashboard(session["id"], 2000)
+    response = shop.deliver(shop.fake.event("charge.refunded", charge))
+    assert response.json()["outcome"] == "debited:2000"
+    assert shop.balance(BUYER) == 3000
+    assert shop.audit() == []
+
+
+def test_burst_of_1000_deliveries_of_200_sessions_credits_exactly_200_times(shop: Shop) -> None:
+    rng = random.Random(20121030)
+    buyers = [f"mastodon:{100000 + i}" for i in range(50)]
+    paid_in: dict[str, int] = dict.fromkeys(buyers, 0)
+    events = []
+    for i in range(200):
+        buyer = buyers[i % len(buyers)]
+        amount = rng.randrange(500, 20000)
+        obj = shop.fake.pay(
+            shop.fake.create_session(buyer=buyer, amount=amount, campaign="drop")["id"]
+        )
+        events.append(shop.fake.event("checkout.session.completed", obj))
+        paid_in[buyer] += amount
+    deliveries = events + [rng.choice(events) for _ in range(800)]
+    rng.shuffle(deliveries)
+
+    outcomes = [shop.deliver(event).json() for event in deliveries]
+
+    assert sum(1 for o in outcomes if o.get("outcome") == "credited") == 200
+    assert sum(1 for o in outcomes if o.get("duplicate")) == 800
+    assert shop.count(transfers, transfers.c.kind == "topup") == 200
+    assert shop.count(stripe_events) == 200
+    assert {b: shop.balance(b) for b in buyers} == paid_in
+    assert shop.audit() == []
