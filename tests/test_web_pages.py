@@ -1,0 +1,81 @@
+"""The buyer status page, the campaign page and the health check, as a buyer sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stripe_fake import Shop
+
+
+@pytest.fixture
+def shop(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
+    s = Shop(db_url, tmp_path, monkeypatch)
+    yield s
+    s.close()
+
+
+def test_status_page_shows_holds_queue_positions_and_balance(shop: Shop) -> None:
+    [held] = shop.order("mastodon:1")
+    shop.order("mastodon:2")
+    [first_waiting] = shop.order("mastodon:3")
+    [second_waiting] = shop.order("mastodon:4", quantity=2)
+    assert (first_waiting.queue_position, second_waiting.queue_position) == (1, 2)
+    assert held.hold_expires_at is not None
+
+    page = shop.http.get(f"/me/{shop.token('mastodon:1')}")
+    assert page.status_code == 200
+    assert "Awaiting payment" in page.text and "299.00 USD" in page.text
+    assert held.hold_expires_at.strftime("%Y-%m-%d %H:%M:%S") in page.text
+    assert "Balance" in page.text and "0.00 USD" in page.text
+    assert 'name="viewport"' in page.text
+    assert "/topup/" in page.text  # what is due can be paid from the page
+
+    waiting = shop.http.get(f"/me/{shop.token('mastodon:4')}").text
+    assert "On the waitlist" in waiting and "position <b>2</b>" in waiting
+    assert "position <b>1</b>" in shop.http.get(f"/me/{shop.token('mastodon:3')}").text
+
+
+def test_status_page_follows_a_top_up(shop: Shop) -> None:
+    shop.order("mastodon:1", sku="CASE")
+    session = shop.paid_checkout("mastodon:1", 5000)
+    shop.deliver(shop.fake.event("checkout.session.completed", session))
+    page = shop.http.get(f"/me/{shop.token('mastodon:1')}", params={"paid": "1"}).text
+    assert "Confirmed" in page and "40.00 USD" in page and "Thank you" in page
+
+
+def test_everything_shown_is_escaped(shop: Shop) -> None:
+    shop.order("mastodon:1", handle='<script>alert("x")</script>')
+    page = shop.http.get(f"/me/{shop.token('mastodon:1')}").text
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<b>64GB</b>" not in page and "Phone &lt;b&gt;64GB&lt;/b&gt;" in page
+    stock = shop.http.get("/c/drop").text
+    assert "<b>64GB</b>" not in stock
+
+
+def test_a_link_shows_only_its_own_buyer(shop: Shop) -> None:
+    shop.order("mastodon:1", handle="alice")
+    shop.order("mastodon:2", handle="bob")
+    page = shop.http.get(f"/me/{shop.token('mastodon:2')}").text
+    assert "bob" in page and "alice" not in page
+    assert shop.http.get("/me/not-a-token").status_code == 404
+
+
+def test_campaign_page_counts_stock_and_states(shop: Shop) -> None:
+    shop.order("mastodon:1")
+    shop.order("mastodon:2")
+    shop.order("mastodon:3")
+    shop.order("mastodon:4", sku="CASE", quantity=3)
+    page = shop.http.get("/c/drop")
+    assert page.status_code == 200
+    assert "<td>PHONE</td><td>Phone &lt;b&gt;64GB&lt;/b&gt;</td><td>0</td><td>2</td>" in page.text
+    assert "<td>CASE</td><td>Case</td><td>997</td><td>1000</td>" in page.text
+    assert "<td>awaiting_payment</td><td>3</td>" in page.text
+    assert "<td>waitlisted</td><td>1</td>" in page.text
+    assert shop.http.get("/c/nope").status_code == 404
+
+
+def test_healthz(shop: Shop) -> None:
+    response = shop.http.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
