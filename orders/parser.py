@@ -9,7 +9,7 @@ examples in English, Japanese and Chinese, in docs/parser.md.
 
 Order of judgement, first match wins:
 
-1. a repost (boost/retweet) -> `ignore repost`; not carrying the campaign hashtag or (when the
+1. a repost (boost/retweet, or text starting "RT @") -> `ignore repost`; not carrying the campaign hashtag or (when the
    campaign requires it) not mentioning the brand's account on the post's platform ->
    `ignore not_addressed`;
 2. with hashtags and mentions removed, the first command word decides cancel / status /
@@ -654,7 +654,7 @@ def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
     else:
         rest = ""
         lang = _lang(post.lang, text)
-    if getattr(post, "repost", False):
+    if getattr(post, "repost", False) or text.startswith("rt @"):
         return _decision(grammar, "ignore", lang, reason=REPOST)
     if not _addressed(post, grammar, text):
         return _decision(grammar, "ignore", lang, reason=NOT_ADDRESSED)
