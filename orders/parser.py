@@ -9,9 +9,9 @@ examples in English, Japanese and Chinese, in docs/parser.md.
 
 Order of judgement, first match wins:
 
-1. a repost (boost/retweet, or text starting "RT @") -> `ignore repost`; not carrying the campaign hashtag or (when the
-   campaign requires it) not mentioning the brand's account on the post's platform ->
-   `ignore not_addressed`;
+1. a repost (boost/retweet, or text starting "RT @") -> `ignore repost`; not carrying the
+   campaign hashtag or (when the campaign requires it) not mentioning the brand's account on
+   the post's platform -> `ignore not_addressed`;
 2. with hashtags and mentions removed, the first command word decides cancel / status /
    balance / topup (with its amount) / help;
 3. otherwise the post is an order: its quantity, then its variant (SKU).

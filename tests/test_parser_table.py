@@ -148,7 +148,7 @@ TEXT_ROWS: list[tuple[str, str, str | None, str, str]] = [
     ("xiaomi", f"{M} 32gb white", "en", f"order {W32} 1", "en"),
     ("xiaomi", f"{M} 16GB BLACK", None, f"order {B16} 1", "en"),
     ("xiaomi", f"{M} 16g white", None, f"order {W16} 1", "en"),
-    ("xiaomi", f"#MI2 @xiaomi black 32gb", None, f"order {B32} 1", "en"),
+    ("xiaomi", "#MI2 @xiaomi black 32gb", None, f"order {B32} 1", "en"),
     ("xiaomi", f"32gb black {M}", None, f"order {B32} 1", "en"),
     ("xiaomi", f"{M} order 32gb black", None, f"order {B32} 1", "en"),
     ("xiaomi", f"{M} buy 16gb white please", None, f"order {W16} 1", "en"),
