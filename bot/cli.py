@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from bot.commands import config_cmd, db_cmd, outbox_cmd, parse_cmd, run_cmd, wallet_cmd
+from bot.commands import (
+    bench_cmd,
+    config_cmd,
+    db_cmd,
+    outbox_cmd,
+    parse_cmd,
+    replay_cmd,
+    run_cmd,
+    wallet_cmd,
+    web_cmd,
+)
 
 app = typer.Typer(
     name="flashtag",
@@ -20,6 +30,9 @@ wallet_cmd.register(app)
 outbox_cmd.register(app)
 parse_cmd.register(app)
 run_cmd.register(app)
+web_cmd.register(app)
+replay_cmd.register(app)
+bench_cmd.register(app)
 
 
 def main() -> None:
