@@ -1,0 +1,456 @@
+"""The Mastodon connector (Mastodon.py 2.3): mentions from the user stream, backfilled by polling.
+
+How nothing is lost and nothing is replayed:
+
+- The user notification stream (SSE) is the live path. Once the server confirms the stream is
+  open (its first heartbeat comment, or the first event), the connector backfills with
+  `notifications(types=["mention"], min_id=cursor)`, page by page, before handling any streamed
+  event. Anything older than the subscription is in the REST pages; anything newer arrives on the
+  stream. This runs at start and after every reconnect.
+- Every mention is handed to the sink with the notification id as its cursor. The caller saves
+  the cursor in the transaction that applies the post, so after a restart the backfill starts
+  exactly after the last applied mention.
+- Ids seen since start are remembered (status ids and notification ids), so a mention that is
+  both in a backfill page and on the stream, or on the hashtag stream too, is delivered once.
+
+Edits (`status.update`) become `Post`s with `edited_at`, deletes become `Deletion`s with the id
+kept as a string, and notifications whose status is null (deleted since) are skipped. Requests
+use `ratelimit_method="throw"`; the connector paces itself from `X-RateLimit-*` headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import requests
+from mastodon import Mastodon
+from mastodon.streaming import StreamListener
+
+from connectors.base import (
+    AuthFailed,
+    Connector,
+    ConnectorError,
+    OutgoingMessage,
+    RateLimited,
+    Sink,
+    classify,
+)
+from connectors.mastodon_payload import PayloadError, post_from_notification, post_from_status
+from connectors.pacing import Clock, Pacer, SystemClock, mastodon_window
+from connectors.post import Deletion, Post, Signal
+from connectors.sse import iter_events
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 40  # Mastodon's maximum for notifications
+SEEN_MEMORY = 50_000
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+EDIT_EVENTS = ("status.update", "status_update")  # Mastodon's name; mastodon-mock's name
+
+
+def id_order(value: str) -> tuple[int, str]:
+    """Sort key for Mastodon ids: numeric strings of any length, compared as numbers."""
+    return (len(value), value) if value.isdigit() else (0, value)
+
+
+def newer(a: str | None, b: str | None) -> str | None:
+    """The later of two ids (None is older than everything)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if id_order(a) >= id_order(b) else b
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, not an error
+    """Raised inside the stream reader to leave it when the connector shuts down."""
+
+
+class _ResponseTap:
+    """A requests hook that keeps each thread's last response: raw JSON and rate-limit headers.
+
+    Mastodon.py turns payloads into its own types (datetimes, renamed fields); the payload
+    converters want the wire JSON, and pacing wants the headers Mastodon.py does not expose.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._local.response = response
+
+    def clear(self) -> None:
+        self._local.response = None
+
+    @property
+    def last(self) -> requests.Response | None:
+        response: requests.Response | None = getattr(self._local, "response", None)
+        return response
+
+
+class _Listener(StreamListener):
+    """Reads one SSE connection with our own parser and hands each event to `on_event`."""
+
+    def __init__(
+        self,
+        on_open: Callable[[], None],
+        on_event: Callable[[str, str], None],
+        stopping: threading.Event,
+        responses: list[requests.Response],
+    ) -> None:
+        super().__init__()
+        self._on_open = on_open
+        self._on_event = on_event
+        self._stopping = stopping
+        self._responses = responses
+
+    def handle_stream(self, response: requests.Response) -> None:
+        self._responses.append(response)
+        opened = False
+        try:
+            for event in iter_events(response.iter_content(chunk_size=None)):
+                if self._stopping.is_set():
+                    raise _Stopped
+                if not opened:
+                    opened = True
+                    self._on_open()
+                if event.name is not None:
+                    self._on_event(event.name, event.data)
+        finally:
+            self._responses.remove(response)
+
+
+class MastodonConnector(Connector):
+    """One brand account on one Mastodon server."""
+
+    platform = "mastodon"
+
+    def __init__(
+        self,
+        *,
+        account_key: str,
+        base_url: str,
+        access_token: str,
+        hashtag: str | None = None,
+        clock: Clock | None = None,
+        stream_timeout: float = 60.0,
+        request_timeout: float = 30.0,
+        reconnect_backoff: tuple[float, ...] = RECONNECT_BACKOFF,
+        initial_cursor: str | None = None,
+    ) -> None:
+        self.account_key = account_key
+        self._base_url = base_url.rstrip("/")
+        self._token = access_token
+        self._hashtag = hashtag.removeprefix("#") if hashtag else None
+        self._clock: Clock = clock or SystemClock()
+        self.pacer = Pacer(self._clock)
+        self._stream_timeout = stream_timeout
+        self._request_timeout = request_timeout
+        self._backoff = reconnect_backoff
+        self._cursor = initial_cursor
+        self._api: Mastodon | None = None
+        self._tap = _ResponseTap()
+        self._stopping = threading.Event()
+        self._open_responses: list[requests.Response] = []
+        self._sink_lock = threading.Lock()
+        self._backfill_lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self.account_id: str | None = None
+        self.acct: str | None = None
+        self.reconnects = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        session = requests.Session()
+        session.hooks["response"].append(self._tap)
+        self._api = Mastodon(
+            access_token=self._token,
+            api_base_url=self._base_url,
+            ratelimit_method="throw",
+            request_timeout=self._request_timeout,
+            session=session,
+        )
+        me = self._call(lambda api: api.account_verify_credentials())
+        self.account_id = str(me["id"])
+        self.acct = str(me["acct"])
+        self._stopping.clear()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        for response in list(self._open_responses):
+            try:
+                response.close()
+            except Exception:  # closing a dead connection may fail; we are leaving anyway
+                log.debug("closing a stream response failed", exc_info=True)
+
+    @property
+    def api(self) -> Mastodon:
+        if self._api is None:
+            raise RuntimeError("MastodonConnector.initialize() was not called")
+        return self._api
+
+    @property
+    def cursor(self) -> str | None:
+        """The newest notification id handed to the sink so far."""
+        return self._cursor
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _call(self, request: Callable[[Mastodon], Any]) -> Any:
+        """Run one Mastodon.py call; return the wire JSON. Errors become `ConnectorError`s."""
+        self._tap.clear()
+        try:
+            request(self.api)
+        except Exception as exc:
+            response = self._tap.last
+            headers = dict(response.headers) if response is not None else {}
+            if response is not None:
+                self.pacer.record(mastodon_window(headers))
+            error = classify(exc, now=self._clock.now(), headers=headers)
+            if isinstance(error, RateLimited):
+                self.pacer.block_until(error.reset_at)
+            raise error from exc
+        response = self._tap.last
+        if response is None:
+            raise ConnectorError("no response recorded for a Mastodon request")
+        self.pacer.record(mastodon_window(response.headers))
+        return response.json() if response.content else None
+
+    # -- polling -----------------------------------------------------------------------------
+
+    def pages(self, cursor: str | None) -> Iterator[list[dict[str, Any]]]:
+        """Mention notifications after `cursor`, one page at a time, oldest page first.
+
+        Each page is sorted oldest first. `min_id` pages forward from the cursor; with no cursor
+        the walk starts from the account's oldest mention.
+        """
+        position = cursor or "0"
+        while True:
+            page = self._call(_mentions_after(position))
+            if not page:
+                return
+            page = sorted(page, key=lambda n: id_order(str(n["id"])))
+            yield page
+            position = str(page[-1]["id"])
+
+    def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
+        signals: list[Signal] = []
+        newest = cursor
+        for page in self.pages(cursor):
+            for notification in page:
+                post = _convert(post_from_notification, notification)
+                if post is not None:
+                    signals.append(post)
+                newest = newer(newest, str(notification["id"]))
+        return signals, newest
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def stream(self, sink: Sink) -> None:
+        """Run the user stream (and the hashtag stream, if configured) until `shutdown()`.
+
+        Blocks. Raises `AuthFailed` if the token stops working; every other failure is logged
+        and followed by a reconnect with backoff (on the injected clock) and a fresh backfill.
+        """
+        threads: list[threading.Thread] = []
+        errors: list[BaseException] = []
+        if self._hashtag:
+            tag = self._hashtag
+
+            def run_tag() -> None:
+                try:
+                    self._run_stream(
+                        "hashtag",
+                        lambda api, listener: api.stream_hashtag(
+                            tag, listener, timeout=self._stream_timeout
+                        ),
+                        on_open=lambda: None,
+                        on_event=lambda name, data: self._on_hashtag_event(name, data, sink),
+                    )
+                except BaseException as exc:  # reported by the user stream's thread below
+                    errors.append(exc)
+
+            thread = threading.Thread(target=run_tag, name=f"{self.account_key}-tag", daemon=True)
+            thread.start()
+            threads.append(thread)
+        try:
+            self._run_stream(
+                "user",
+                lambda api, listener: api.stream_user(listener, timeout=self._stream_timeout),
+                on_open=lambda: self._backfill(sink),
+                on_event=lambda name, data: self._on_user_event(name, data, sink),
+            )
+        finally:
+            self.shutdown()
+            for thread in threads:
+                thread.join(timeout=self._stream_timeout)
+        if errors:
+            raise errors[0]
+
+    def _run_stream(
+        self,
+        label: str,
+        connect: Callable[[Mastodon, StreamListener], Any],
+        *,
+        on_open: Callable[[], None],
+        on_event: Callable[[str, str], None],
+    ) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            opened = threading.Event()
+
+            listener = _Listener(
+                _flag_then(opened, on_open), on_event, self._stopping, self._open_responses
+            )
+            try:
+                connect(self.api, listener)
+                error: ConnectorError = classify(503, now=self._clock.now(), message="stream ended")
+            except _Stopped:
+                return
+            except ConnectorError as exc:  # raised by our own callbacks (backfill)
+                error = exc
+            except Exception as exc:  # any stream failure means: reconnect
+                error = classify(exc, now=self._clock.now())
+            if self._stopping.is_set():
+                return
+            if isinstance(error, AuthFailed):
+                raise error
+            failures = 0 if opened.is_set() else failures + 1
+            self.reconnects += 1
+            if isinstance(error, RateLimited):
+                wait = max((error.reset_at - self._clock.now()).total_seconds(), 0.0)
+            else:
+                wait = self._backoff[min(failures, len(self._backoff) - 1)]
+            log.warning(
+                "%s stream of %s lost (%s); reconnecting in %.1fs",
+                label,
+                self.account_key,
+                error,
+                wait,
+            )
+            self._clock.sleep(wait)
+
+    def _remember(self, key: str) -> bool:
+        """Record `key`; False if it was already seen (so the signal is not delivered again)."""
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._seen_order.append(key)
+        if len(self._seen_order) > SEEN_MEMORY:
+            self._seen.discard(self._seen_order.popleft())
+        return True
+
+    def _deliver(self, sink: Sink, signal: Signal | None, notification_id: str | None) -> None:
+        with self._sink_lock:
+            if notification_id is not None:
+                if not self._remember(f"n:{notification_id}"):
+                    return
+                self._cursor = newer(self._cursor, notification_id)
+            if signal is None:
+                return
+            new_post = isinstance(signal, Post) and signal.edited_at is None
+            if new_post and not self._remember(f"s:{signal.post_id}"):
+                return
+            sink(signal, self._cursor if notification_id is not None else None)
+
+    def _backfill(self, sink: Sink) -> None:
+        with self._backfill_lock:
+            for page in self.pages(self._cursor):
+                for notification in page:
+                    post = _convert(post_from_notification, notification)
+                    self._deliver(sink, post, str(notification["id"]))
+
+    def _on_user_event(self, name: str, data: str, sink: Sink) -> None:
+        if name == "notification":
+            notification = json.loads(data)
+            if notification.get("type") != "mention":
+                return
+            post = _convert(post_from_notification, notification)
+            self._deliver(sink, post, str(notification["id"]))
+        elif name in EDIT_EVENTS:
+            status = json.loads(data)
+            if self._mentions_me(status):
+                self._deliver(sink, self._edit(status), None)
+        elif name == "delete":
+            self._deliver(sink, self._deletion(data), None)
+
+    def _on_hashtag_event(self, name: str, data: str, sink: Sink) -> None:
+        if name == "update":
+            self._deliver(sink, _convert(post_from_status, json.loads(data)), None)
+        elif name in EDIT_EVENTS:
+            self._deliver(sink, self._edit(json.loads(data)), None)
+        elif name == "delete":
+            self._deliver(sink, self._deletion(data), None)
+
+    def _mentions_me(self, status: dict[str, Any]) -> bool:
+        mentions = status.get("mentions") or []
+        return any(str(m.get("id")) == self.account_id for m in mentions)
+
+    def _edit(self, status: dict[str, Any]) -> Post | None:
+        post = _convert(post_from_status, status)
+        if (
+            post is not None and post.edited_at is None
+        ):  # an edit event always means "edited", even if the field lags
+            post = _with_edit_time(post, self._clock.now())
+        return post
+
+    def _deletion(self, data: str) -> Deletion:
+        post_id = data.strip().strip('"')
+        return Deletion(platform="mastodon", post_id=post_id, deleted_at=self._clock.now())
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, message: OutgoingMessage) -> str:
+        text = message.text
+        handle = message.recipient_handle
+        if handle:
+            mention = "@" + handle.removeprefix("@")
+            if mention not in text:
+                text = f"{mention} {text}"
+        status = self._call(
+            lambda api: api.status_post(
+                text,
+                in_reply_to_id=message.in_reply_to,
+                visibility=message.visibility,
+                language=message.lang,
+                idempotency_key=message.idempotency_key,
+            )
+        )
+        return str(status["id"])
+
+
+def _convert(convert: Callable[[Any], Post | None], payload: Any) -> Post | None:
+    """A payload as a Post; a malformed one is logged and skipped (the loop carries on)."""
+    try:
+        return convert(payload)
+    except PayloadError as exc:
+        log.warning("skipping a malformed Mastodon payload: %s", exc)
+        return None
+
+
+def _mentions_after(position: str) -> Callable[[Mastodon], Any]:
+    def request(api: Mastodon) -> Any:
+        return api.notifications(types=["mention"], min_id=position, limit=PAGE_LIMIT)
+
+    return request
+
+
+def _with_edit_time(post: Post, at: datetime) -> Post:
+    return replace(post, edited_at=at)
+
+
+def _flag_then(flag: threading.Event, then: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        flag.set()
+        then()
+
+    return run
