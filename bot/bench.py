@@ -1,0 +1,197 @@
+"""The storm benchmark: the seed's flash sale, generated, fed through the real pipeline, audited.
+
+`run_storm` writes the seeded storm to a JSON-lines file first (its generation is timed apart
+and is not part of the result), then times the replay of that file exactly as
+`flashtag replay` runs it: read and decode each line, parse, `orders.engine.apply`, queue the
+replies in the outbox, one commit per batch of the size a streaming connector delivers. It
+then runs the audit. With a baseline, the naive one-transaction-per-post implementation
+(`bot.bench_baseline`) runs a fixed prefix of the same storm against the same database, and the
+ratio compares posts per second with posts per second.
+
+Without a database URL every run gets a fresh SQLite file in a temporary directory. With one
+(PostgreSQL), flashtag's tables are dropped and created before each run and dropped after.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot import bench_baseline
+from bot.feed import DEFAULT_BATCH, ReplayResult, read_posts, replay
+from bot.pipeline import CampaignDirectory, Envelope, Source, to_command
+from bot.schema import all_metadata
+from bot.storm import StormSpec, scaled_brand, storm, write_jsonl
+from config.brand import Brand
+from config.database import create_engine, session_factory
+from orders.audit import audit
+from orders.commands import Command
+
+DEFAULT_BASELINE_POSTS = 5_000
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def reset_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        for metadata in reversed(all_metadata()):
+            metadata.drop_all(engine)
+        for metadata in all_metadata():
+            metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def drop_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        for metadata in reversed(all_metadata()):
+            metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+def run_audit(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            return list(audit(session))
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class BaselineFigures:
+    posts: int
+    elapsed: float
+    posts_per_s: float
+    allocated: dict[str, int]
+    projected_full_storm_s: float
+
+
+def decided(path: Path, brand: Brand, limit: int) -> Iterator[Command]:
+    """The first `limit` posts of a storm file, decided by the same parser the pipeline uses."""
+    directory = CampaignDirectory([brand])
+    source = Source(brand.brand.id, "text")
+    for count, post in enumerate(read_posts(path, "text")):
+        if count >= limit:
+            return
+        yield to_command(Envelope(post, source), directory, now=post.effective_at)
+
+
+def run_baseline(url: str, path: Path, brand: Brand, posts: int, total: int) -> BaselineFigures:
+    """The naive implementation on the first `posts` posts, on its own tables at `url`."""
+    engine = create_engine(url)
+    try:
+        campaign = brand.campaigns[0]
+        bench_baseline.create_tables(engine, campaign)
+        result = bench_baseline.run(session_factory(engine), decided(path, brand, posts), campaign)
+        bench_baseline.drop_tables(engine)
+    finally:
+        engine.dispose()
+    rate = result.posts_per_s
+    return BaselineFigures(
+        posts=result.posts,
+        elapsed=round(result.elapsed, 3),
+        posts_per_s=round(rate, 1),
+        allocated=result.allocated,
+        projected_full_storm_s=round(total / rate, 1) if rate else 0.0,
+    )
+
+
+def _run_once(url: str, path: Path, brand: Brand, batch: int) -> tuple[ReplayResult, list[str]]:
+    reset_tables(url)
+    result = replay(path, brand, url=url, batch_size=batch)
+    return result, run_audit(url)
+
+
+def run_storm(
+    *,
+    posts: int,
+    stock: int,
+    seed: int = 0,
+    brand: Brand,
+    db: str | None = None,
+    batch: int = DEFAULT_BATCH,
+    runs: int = 1,
+    baseline: bool = False,
+    baseline_posts: int = DEFAULT_BASELINE_POSTS,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Generate the storm, replay it `runs` times on fresh tables, and report as one object."""
+    bench_brand = scaled_brand(brand, stock)
+    with tempfile.TemporaryDirectory(prefix="flashtag-bench-") as tmp:
+        path = Path(tmp) / "storm.jsonl"
+        started = time.perf_counter()
+        lines = write_jsonl(storm(bench_brand, StormSpec(posts=posts, seed=seed)), path)
+        generate_s = time.perf_counter() - started
+        url = db or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        figures: list[dict[str, Any]] = []
+        for _ in range(runs):
+            result, problems = _run_once(url, path, bench_brand, batch)
+            figures.append(_figures(result, problems))
+        base: BaselineFigures | None = None
+        if baseline:
+            base = run_baseline(url, path, bench_brand, min(baseline_posts, lines), lines)
+        if db is not None and not keep:
+            drop_tables(url)
+    report: dict[str, Any] = {
+        "database": "postgresql" if db and db.startswith("postgres") else "sqlite",
+        "posts": lines,
+        "stock": stock,
+        "seed": seed,
+        "batch": batch,
+        "generate_s": round(generate_s, 2),
+        **figures[len(figures) // 2 if runs % 2 else 0],
+    }
+    if runs > 1:
+        report["runs"] = figures
+        report["elapsed"] = round(statistics.median(f["elapsed"] for f in figures), 3)
+        report["posts_per_s"] = round(statistics.median(f["posts_per_s"] for f in figures), 1)
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if base is not None:
+        report["baseline"] = {
+            "posts": base.posts,
+            "elapsed": base.elapsed,
+            "posts_per_s": base.posts_per_s,
+            "units_allocated": base.allocated,
+            "projected_full_storm_s": base.projected_full_storm_s,
+        }
+        report["ratio"] = (
+            round(report["posts_per_s"] / base.posts_per_s, 1) if base.posts_per_s else None
+        )
+    return report
+
+
+def _figures(result: ReplayResult, problems: list[str]) -> dict[str, Any]:
+    latencies = result.fed.latencies
+    return {
+        "elapsed": round(result.elapsed, 3),
+        "posts_per_s": round(result.posts_per_s, 1),
+        "batches": result.fed.batches,
+        "batch_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "batch_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "units_allocated": result.database["units_allocated"],
+        "reservations": result.database["reservations"],
+        "decisions": result.database["decisions"],
+        "duplicates": result.fed.outcomes.get("duplicate", 0),
+        "audit": "ok" if not problems else problems[:20],
+    }

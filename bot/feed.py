@@ -1,0 +1,339 @@
+"""Feed a stream of posts through the worker's pipeline in batches, on the posts' own clock.
+
+`flashtag replay` and the storm benchmark use this: the posts go through the very code a
+streaming worker runs (`bot.pipeline.Pipeline.process`: parser, `orders.engine.apply`,
+`bot.outbox.queue`, one commit per batch), in batches of the size a connector delivers. The only
+difference is the clock: a replayed batch is judged at the time of its latest post, so campaign
+windows and hold expiries follow the recorded times, not the wall clock.
+
+Posts are consumed lazily; nothing here holds more than one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from bot.pipeline import BatchReport, Envelope, Pipeline, Source
+from bot.schema import all_metadata
+from config.brand import Brand
+from config.database import create_engine, session_factory
+from config.loader import load_brand
+from config.settings import get_settings
+from connectors.post import Post
+from orders import tables
+from orders.campaigns import load_campaigns
+
+Format = Literal["text", "mastodon", "twitter"]
+FORMATS: tuple[Format, ...] = ("text", "mastodon", "twitter")
+
+DEFAULT_BATCH = 1000
+
+
+class PostTimeClock:
+    """A clock that reads whatever time the feeder last set: the latest post of the batch."""
+
+    def __init__(self, moment: datetime | None = None) -> None:
+        self.moment = moment or datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def sleep(self, seconds: float) -> None:
+        return None
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time (`...Z` or with an offset) as an aware UTC datetime."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without a UTC offset: {value!r}")
+    return moment.astimezone(UTC)
+
+
+def post_from_record(
+    record: Mapping[str, Any], *, platform: str = "text", shift: timedelta | None = None
+) -> Post:
+    """A text-format record (`post_id`, `author`, `text`, `lang`, `created_at`) as a `Post`.
+
+    Mentions and hashtags stay in the text for the parser to find. `shift` moves the post time.
+    """
+    created = parse_time(str(record["created_at"]))
+    if shift:
+        created += shift
+    author = str(record["author"])
+    return Post(
+        platform=platform,  # type: ignore[arg-type]
+        post_id=str(record["post_id"]),
+        author_id=author,
+        author_handle=str(record.get("handle") or author),
+        created_at=created,
+        text=str(record.get("text") or ""),
+        lang=record.get("lang"),
+    )
+
+
+def shifted(post: Post, shift: timedelta | None) -> Post:
+    """`post` with its creation (and edit) time moved by `shift`."""
+    if not shift:
+        return post
+    edited = post.edited_at + shift if post.edited_at is not None else None
+    return dataclasses.replace(post, created_at=post.created_at + shift, edited_at=edited)
+
+
+def posts_from_json(value: Any, fmt: Format, *, shift: timedelta | None = None) -> list[Post]:
+    """The posts one decoded line of a replay file holds (none for a null Mastodon status).
+
+    Raises KeyError, TypeError or ValueError when the line is not a post of that format.
+    """
+    if not isinstance(value, dict):
+        raise TypeError("a line must hold a JSON object")
+    if fmt == "text":
+        return [post_from_record(value, shift=shift)]
+    if fmt == "mastodon":
+        from connectors.mastodon_payload import post_from_notification, post_from_status
+
+        post = post_from_notification(value) if "type" in value else post_from_status(value)
+        return [] if post is None else [shifted(post, shift)]
+    from connectors.x_payload import post_from_tweet, posts_from_page
+
+    if "data" in value:
+        return [shifted(post, shift) for post in posts_from_page(value)]
+    return [shifted(post_from_tweet(value, {}), shift)]
+
+
+@dataclass
+class ReadTotals:
+    """What reading a replay file met: lines, posts made, malformed lines, bytes read."""
+
+    lines: int = 0
+    posts: int = 0
+    malformed: int = 0
+    bytes_read: int = 0
+
+
+def read_posts(
+    path: Path, fmt: Format, *, shift: timedelta | None = None, totals: ReadTotals | None = None
+) -> Iterator[Post]:
+    """Stream the posts of a JSON-lines file; a line that is not a post is counted and skipped."""
+    totals = totals if totals is not None else ReadTotals()
+    with path.open("rb") as lines:
+        for line in lines:
+            totals.lines += 1
+            totals.bytes_read += len(line)
+            if not line.strip():
+                continue
+            try:
+                posts = posts_from_json(orjson.loads(line), fmt, shift=shift)
+            except (KeyError, TypeError, ValueError):
+                totals.malformed += 1
+                continue
+            totals.posts += len(posts)
+            yield from posts
+
+
+def first_post_time(path: Path, fmt: Format) -> datetime | None:
+    """The post time of the first post in the file (what `--shift-to-open` aligns)."""
+    for post in read_posts(path, fmt):
+        return post.effective_at
+    return None
+
+
+def batched(items: Iterable[Post], size: int) -> Iterator[list[Post]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@dataclass
+class FeedTotals:
+    """What a feed did: posts, batches, per-batch latencies (seconds) and outcomes per kind."""
+
+    posts: int = 0
+    batches: int = 0
+    latencies: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, report: BatchReport) -> None:
+        self.posts += report.signals
+        self.batches += 1
+        self.latencies.append(report.seconds)
+        self.outcomes.update(outcome.kind for outcome in report.outcomes)
+
+
+def feed(
+    pipeline: Pipeline,
+    posts: Iterable[Post],
+    *,
+    source: Source,
+    clock: PostTimeClock,
+    batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> FeedTotals:
+    """Commit `posts` through `pipeline` in batches of `batch_size`, each at its latest post time.
+
+    `pipeline` must have been built with `clock` as its clock.
+    """
+    totals = FeedTotals()
+    for batch in batched(posts, batch_size):
+        clock.moment = max(post.effective_at for post in batch)
+        report = pipeline.process([Envelope(post, source) for post in batch])
+        totals.add(report)
+        if on_batch is not None:
+            on_batch(report)
+    return totals
+
+
+def database_summary(session: Session, campaign_ids: Sequence[str]) -> dict[str, Any]:
+    """Decisions per kind, reservations per state and units allocated per SKU, as stored.
+
+    Counted in the database (one grouped query each), so they describe every post of these
+    campaigns the database has seen, redeliveries counted once.
+    """
+    decisions = session.execute(
+        select(tables.posts.c.decision, func.count())
+        .where(tables.posts.c.campaign_id.in_(campaign_ids))
+        .group_by(tables.posts.c.decision)
+    )
+    states = session.execute(
+        select(
+            tables.reservations.c.state,
+            func.count(),
+            func.coalesce(func.sum(tables.reservations.c.quantity), 0),
+        )
+        .where(tables.reservations.c.campaign_id.in_(campaign_ids))
+        .group_by(tables.reservations.c.state)
+    )
+    stock = session.execute(
+        select(tables.products.c.sku, tables.products.c.stock, tables.products.c.allocated)
+        .where(tables.products.c.campaign_id.in_(campaign_ids))
+        .order_by(tables.products.c.campaign_id, tables.products.c.sku)
+    )
+    state_rows = list(states)
+    stock_rows = list(stock)
+    return {
+        "decisions": dict(sorted((str(k), int(n)) for k, n in decisions)),
+        "reservations": {str(state): int(n) for state, n, _ in sorted(state_rows)},
+        "units_by_state": {str(state): int(units) for state, _, units in sorted(state_rows)},
+        "units_allocated": {str(sku): int(allocated) for sku, _, allocated in stock_rows},
+        "stock": {str(sku): int(units) for sku, units, _ in stock_rows},
+    }
+
+
+def resolve_brand(value: str) -> Brand:
+    """A brand file path, or the id of a brand among the configured brand files."""
+    path = Path(value)
+    if path.suffix == ".toml" or path.exists():
+        return load_brand(path)
+    for candidate in get_settings().brand_paths():
+        brand = load_brand(candidate)
+        if brand.brand.id == value:
+            return brand
+    bundled = Path(__file__).resolve().parent.parent / "config" / "brands" / f"{value}.toml"
+    if bundled.exists():
+        return load_brand(bundled)
+    raise LookupError(f"no brand file for {value!r} (a path, or a brand id in FLASHTAG_BRANDS)")
+
+
+def ensure_tables(engine: Engine) -> None:
+    """Create any of flashtag's tables that are missing (an upgraded database is left as is)."""
+    for metadata in all_metadata():
+        metadata.create_all(engine)
+
+
+@dataclass
+class ReplayResult:
+    """A replay's figures; `summary()` is the JSON object `flashtag replay` prints."""
+
+    read: ReadTotals
+    fed: FeedTotals
+    elapsed: float
+    database: dict[str, Any]
+    shift: timedelta | None
+
+    @property
+    def posts_per_s(self) -> float:
+        return self.fed.posts / self.elapsed if self.elapsed > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "posts": self.fed.posts,
+            "lines": self.read.lines,
+            "malformed_lines": self.read.malformed,
+            "batches": self.fed.batches,
+            "decisions": self.database["decisions"],
+            "outcomes": dict(sorted(self.fed.outcomes.items())),
+            "reservations": self.database["reservations"],
+            "units_by_state": self.database["units_by_state"],
+            "units_allocated": self.database["units_allocated"],
+            "stock": self.database["stock"],
+            "duplicates": self.fed.outcomes.get("duplicate", 0),
+            "shift_seconds": self.shift.total_seconds() if self.shift is not None else None,
+            "elapsed": round(self.elapsed, 3),
+            "posts_per_s": round(self.posts_per_s, 1),
+        }
+
+
+def replay(
+    path: Path,
+    brand: Brand,
+    *,
+    url: str,
+    fmt: Format = "text",
+    shift_to_open: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[ReadTotals, BatchReport], None] | None = None,
+) -> ReplayResult:
+    """Run a JSON-lines file of posts through the pipeline into the database at `url`.
+
+    The campaigns of `brand` are loaded first; missing tables are created. With
+    `shift_to_open`, every post time moves by the one offset that puts the first post at the
+    opening of the brand's first campaign.
+    """
+    shift: timedelta | None = None
+    if shift_to_open:
+        first = first_post_time(path, fmt)
+        if first is not None:
+            shift = brand.campaigns[0].opens_at - first
+    engine = create_engine(url)
+    try:
+        ensure_tables(engine)
+        sessions = session_factory(engine)
+        with sessions() as session, session.begin():
+            load_campaigns(session, [brand])
+        clock = PostTimeClock()
+        pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
+        source = Source(brand.brand.id, fmt)
+        read = ReadTotals()
+
+        def observe(report: BatchReport) -> None:
+            if on_batch is not None:
+                on_batch(read, report)
+
+        started = time.perf_counter()
+        fed = feed(
+            pipeline,
+            read_posts(path, fmt, shift=shift, totals=read),
+            source=source,
+            clock=clock,
+            batch_size=batch_size,
+            on_batch=observe,
+        )
+        elapsed = time.perf_counter() - started
+        with sessions() as session:
+            database = database_summary(session, [c.id for c in brand.campaigns])
+    finally:
+        engine.dispose()
+    return ReplayResult(read=read, fed=fed, elapsed=elapsed, database=database, shift=shift)
