@@ -282,6 +282,14 @@ class Sender:
         self._backoff_cap = backoff_cap
 
     def _claim(self) -> _Claim | None:
+        for _ in range(10):
+            lost, claim = self._try_claim()
+            if not lost:
+                return claim
+        return None
+
+    def _try_claim(self) -> tuple[bool, _Claim | None]:
+        """(lost the race, claim). Losing happens only where SKIP LOCKED is not available."""
         now = self._clock.now()
         t = outbox_messages.c
         with self._factory.begin() as session:
@@ -309,17 +317,22 @@ class Sender:
                 .with_for_update(skip_locked=True)
             ).first()
             if row is None:
-                return None
-            session.execute(
+                return False, None
+            claimed = session.execute(
                 update(outbox_messages)
-                .where(t.id == row.id)
+                .where(
+                    t.id == row.id, t.state.in_(("queued", "sending")), t.attempts == row.attempts
+                )
                 .values(
                     state="sending",
                     claimed_by=self.name,
                     lease_until=now + self._lease,
                     attempts=t.attempts + 1,
                 )
-            )
+                .returning(t.id)
+            ).first()
+            if claimed is None:
+                return True, None
         message = OutgoingMessage(
             text=row.text,
             visibility=row.visibility,
@@ -329,7 +342,7 @@ class Sender:
             recipient_id=row.recipient_id,
             lang=row.lang,
         )
-        return _Claim(id=row.id, attempts=row.attempts + 1, message=message)
+        return False, _Claim(id=row.id, attempts=row.attempts + 1, message=message)
 
     def _finish(self, claim: _Claim, **values: Any) -> None:
         t = outbox_messages.c
