@@ -192,12 +192,35 @@ def _ref(ref: object) -> str:
     return ref
 
 
-def _check_legs(ref: str, debit: AccountKey, credit: AccountKey, legs_: Sequence[int]) -> None:
-    """Double entry: exactly one debit and one credit leg, summing to zero, on two accounts."""
-    if len(legs_) != 2 or sum(legs_) != 0 or legs_[0] >= 0:
-        raise UnbalancedTransfer(ref, list(legs_))
+# What each kind of transfer may move: (debited account kind, credited account kind).
+FLOWS = {
+    "topup": ("clearing", "wallet"),
+    "cashout": ("wallet", "clearing"),
+    "purchase": ("wallet", "sales"),
+    "refund": ("sales", "wallet"),
+}
+
+
+def _check_legs(
+    ref: str, kind: str, legs_: Sequence[tuple[AccountKey, int]]
+) -> tuple[AccountKey, AccountKey, int]:
+    """Double entry: one debit leg and one credit leg that sum to zero, on two accounts of the
+    kinds ``kind`` moves between. Returns (debited, credited, amount)."""
+    if kind not in FLOWS:
+        raise InvalidTransfer(f"unknown transfer kind {kind!r}")
+    amounts = [amount for _, amount in legs_]
+    for amount in amounts:
+        _amount(abs(amount) if isinstance(amount, int) else amount)
+    if len(legs_) != 2 or sum(amounts) != 0:
+        raise UnbalancedTransfer(ref, amounts)
+    (debit, _), (credit, amount) = sorted(legs_, key=lambda leg: leg[1])
     if debit == credit:
         raise SameAccount(ref, str(debit))
+    if FLOWS[kind] != (debit.kind, credit.kind):
+        raise InvalidTransfer(
+            f"a {kind} moves {' -> '.join(FLOWS[kind])}, not {debit.kind} -> {credit.kind}"
+        )
+    return debit, credit, amount
 
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
@@ -581,33 +604,32 @@ def transfer(
     *,
     ref: str,
     kind: str,
-    debit: AccountKey,
-    credit: AccountKey,
-    amount: int,
+    legs: Sequence[tuple[AccountKey, int]],
     currency: str,
     at: datetime,
 ) -> bool:
-    """Record one posted transfer of ``amount`` from ``debit`` to ``credit``.
+    """Record one posted transfer, given as two signed legs: ``[(debited, -n), (credited, +n)]``.
 
-    Returns False (and changes nothing) when the same transfer was already recorded under
-    ``ref``; raises `TransferConflict` when ``ref`` names a different one, `InsufficientFunds`
-    when the debited wallet or sales account does not have ``amount`` available.
+    The legs must sum to zero (`UnbalancedTransfer`), touch two accounts (`SameAccount`) and
+    move money the way ``kind`` does (a top-up goes clearing -> wallet, a cash-out wallet ->
+    clearing, a purchase wallet -> sales, a refund sales -> wallet). Returns False (and changes
+    nothing) when the same transfer was already recorded under ``ref``; raises
+    `TransferConflict` when ``ref`` names a different one, `InsufficientFunds` when the debited
+    wallet or sales account does not have the amount available.
     """
     ref = _ref(ref)
-    amount = _amount(amount)
     currency = _currency(currency)
     at = _aware(at)
-    if kind not in ("topup", "cashout", "purchase", "refund"):
-        raise InvalidTransfer(f"unknown transfer kind {kind!r}")
-    _check_legs(ref, debit, credit, [-amount, amount])
+    debit, credit, amount = _check_legs(ref, kind, legs)
     ids = _account_ids(session, [debit, credit], currency, at)
+    # Lock first, then look for the ref: a concurrent twin that committed meanwhile is seen.
+    locked = _lock(session, ids.values())
     new = _NewTransfer(ref, kind, currency, amount, ids[debit], ids[credit], "posted", at, None)
     seen = _existing(session, [ref]).get(ref)
     if seen is not None:
         if not _same(seen, new):
             raise _conflict(seen, new)
         return False
-    locked = _lock(session, ids.values())
     if debit.kind != "clearing" and _available(locked[new.debit]) < amount:
         raise InsufficientFunds(str(debit), currency, amount, _available(locked[new.debit]))
     _insert(session, [new])
@@ -631,13 +653,12 @@ def credit_topup(
     that payment was already credited, and raises `TransferConflict` if the ref was used for a
     different amount or buyer.
     """
+    amount = _amount(amount)
     return transfer(
         session,
         ref=stripe_ref,
         kind="topup",
-        debit=CLEARING,
-        credit=wallet_of(buyer),
-        amount=amount,
+        legs=[(CLEARING, -amount), (wallet_of(buyer), amount)],
         currency=currency,
         at=at,
     )
@@ -672,9 +693,7 @@ def debit_refund(
         session,
         ref=ref,
         kind="cashout",
-        debit=key,
-        credit=CLEARING,
-        amount=take,
+        legs=[(key, -take), (CLEARING, take)],
         currency=currency,
         at=at,
     )
@@ -695,13 +714,12 @@ def refund_to_wallet(
     Returns False when ``ref`` was already applied. Raises `InsufficientFunds` when the campaign
     has taken less than ``amount`` in settled sales.
     """
+    amount = _amount(amount)
     return transfer(
         session,
         ref=ref,
         kind="refund",
-        debit=sales_of(campaign_id),
-        credit=wallet_of(buyer),
-        amount=amount,
+        legs=[(sales_of(campaign_id), -amount), (wallet_of(buyer), amount)],
         currency=currency,
         at=at,
     )
@@ -770,6 +788,8 @@ def _hold_group(
             h.expires_at,
         )
 
+    # Lock first, then look for the refs: a concurrent twin that committed meanwhile is seen.
+    locked = _lock(session, [*wallets.values(), *sales.values()])
     held: dict[str, HoldId] = {}
     seen = _existing(session, [h.ref for h in group])
     fresh: list[HoldRequest] = []
@@ -783,13 +803,6 @@ def _hold_group(
             raise _conflict(row, new_of(h, wallet_id))
         held[h.ref] = HoldId(row.id)
 
-    locked = _lock(
-        session,
-        [
-            *(wallets[h.buyer] for h in fresh if h.buyer in wallets),
-            *(sales[h.campaign_id] for h in fresh),
-        ],
-    )
     left = {
         wallet_id: _available(locked[wallet_id])
         for wallet_id in locked
@@ -1055,13 +1068,6 @@ def statement(session: Session, buyer: str, currency: str) -> list[Entry]:
 # ---------------------------------------------------------------------------------------------
 # audit
 
-_FLOWS = {
-    "topup": ("clearing", "wallet"),
-    "cashout": ("wallet", "clearing"),
-    "purchase": ("wallet", "sales"),
-    "refund": ("sales", "wallet"),
-}
-
 
 def audit(session: Session, *, limit: int = 20) -> list[str]:
     """Check the ledger's invariants across rows; an empty list means they all hold.
@@ -1119,7 +1125,7 @@ def audit(session: Session, *, limit: int = 20) -> list[str]:
     )
     bad_flows = 0
     for ref, kind, dkind, ckind in flows:
-        if _FLOWS.get(kind) != (dkind, ckind) and bad_flows < limit:
+        if FLOWS.get(kind) != (dkind, ckind) and bad_flows < limit:
             bad_flows += 1
             problems.append(f"transfer {ref}: a {kind} may not move {dkind} -> {ckind}")
 
