@@ -1,0 +1,319 @@
+"""The X connector (tweepy 4.17 `Client`, API v2): mentions by polling, an optional filtered stream.
+
+- `poll(cursor)` walks `get_users_mentions(since_id=cursor)` through every `next_token` page and
+  returns the mentions oldest first. The new cursor is the first page's `meta.newest_id`: since
+  `since_id` is exclusive, the next poll starts right after it, and nothing older than the cursor
+  is asked for again. A failure on any page raises before anything is returned, so a cursor is
+  never advanced past mentions that were not delivered.
+- `stream(sink)` polls on the injected clock, handing each mention to the sink with its own id
+  as the cursor, so a crash mid-batch resumes right after the last applied mention. With
+  `filtered_stream`, a `StreamingClient` on the campaign hashtag runs alongside (the account's
+  API tier must allow it); stream posts carry no cursor, and the poll backfills what it missed.
+- Requests go out with `wait_on_rate_limit=False`: the connector paces itself from the
+  `x-rate-limit-*` headers (reset in epoch seconds), one window for reading mentions and one for
+  posting, and raises `RateLimited` instead of sleeping inside tweepy.
+- Partial errors (a 200 with `errors[]`, e.g. a suspended mentioned user) are logged and the
+  page's tweets are still delivered. Tweet ids stay strings throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+import tweepy
+
+from connectors.base import (
+    AuthFailed,
+    Connector,
+    ConnectorError,
+    OutgoingMessage,
+    RateLimited,
+    Sink,
+    classify,
+)
+from connectors.pacing import Clock, Pacer, SystemClock, x_window
+from connectors.post import Post, Signal
+from connectors.x_payload import PayloadError, post_from_tweet, tweets_of
+
+log = logging.getLogger(__name__)
+
+TWEET_FIELDS = [
+    "created_at",
+    "entities",
+    "lang",
+    "author_id",
+    "conversation_id",
+    "referenced_tweets",
+    "in_reply_to_user_id",
+    "edit_history_tweet_ids",
+]
+EXPANSIONS = ["author_id"]
+USER_FIELDS = ["username"]
+PAGE_SIZE = 100  # the most get_users_mentions returns per page
+
+
+def id_order(value: str) -> tuple[int, str]:
+    return (len(value), value)
+
+
+class XConnector(Connector):
+    """One brand account on X."""
+
+    platform = "x"
+
+    def __init__(
+        self,
+        *,
+        account_key: str,
+        bearer_token: str,
+        user_id: str | None = None,
+        username: str | None = None,
+        consumer_key: str | None = None,
+        consumer_secret: str | None = None,
+        access_token: str | None = None,
+        access_token_secret: str | None = None,
+        hashtag: str | None = None,
+        filtered_stream: bool = False,
+        poll_interval: float = 15.0,
+        clock: Clock | None = None,
+        initial_cursor: str | None = None,
+    ) -> None:
+        if user_id is None and username is None:
+            raise ValueError("an X connector needs the account's user_id or username")
+        self.account_key = account_key
+        self._bearer = bearer_token
+        self._user_auth = dict(
+            consumer_key=consumer_key,
+            consumer_secret=consumer_secret,
+            access_token=access_token,
+            access_token_secret=access_token_secret,
+        )
+        self.user_id = user_id
+        self.username = username
+        self._hashtag = hashtag.removeprefix("#") if hashtag else None
+        self._filtered = filtered_stream
+        self._interval = poll_interval
+        self._clock: Clock = clock or SystemClock()
+        self.pacer = Pacer(self._clock)  # POST /2/tweets and DMs
+        self.poll_pacer = Pacer(self._clock)  # GET /2/users/:id/mentions
+        self._cursor = initial_cursor
+        self._client: tweepy.Client | None = None
+        self._stream: tweepy.StreamingClient | None = None
+        self._stopping = threading.Event()
+        self._sink_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        self._client = tweepy.Client(
+            bearer_token=self._bearer,
+            return_type=requests.Response,
+            wait_on_rate_limit=False,
+            **self._user_auth,
+        )
+        if self.user_id is None:
+            found = self._request(self.poll_pacer, lambda c: c.get_user(username=self.username))
+            self.user_id = str(found["data"]["id"])
+        self._stopping.clear()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        if self._stream is not None:
+            self._stream.disconnect()
+
+    @property
+    def client(self) -> tweepy.Client:
+        if self._client is None:
+            raise RuntimeError("XConnector.initialize() was not called")
+        return self._client
+
+    @property
+    def cursor(self) -> str | None:
+        return self._cursor
+
+    @property
+    def _has_user_auth(self) -> bool:
+        return all(self._user_auth.values())
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _request(self, pacer: Pacer, call: Callable[[tweepy.Client], Any]) -> Any:
+        """One tweepy call; the JSON body. Errors become `ConnectorError`s, headers feed `pacer`."""
+        try:
+            response: requests.Response = call(self.client)
+        except (tweepy.TweepyException, requests.RequestException) as exc:
+            raw = getattr(exc, "response", None)
+            headers = dict(raw.headers) if raw is not None else {}
+            if raw is not None:
+                pacer.record(x_window(headers))
+            error = classify(exc, now=self._clock.now(), headers=headers)
+            if isinstance(error, RateLimited):
+                pacer.block_until(error.reset_at)
+            raise error from exc
+        pacer.record(x_window(response.headers))
+        body = response.json() if response.content else {}
+        if isinstance(body, dict) and body.get("errors"):
+            for problem in body["errors"]:
+                log.info(
+                    "X partial error: %s (%s)", problem.get("title"), problem.get("resource_id")
+                )
+        return body
+
+    # -- polling -----------------------------------------------------------------------------
+
+    def _mentions_page(self, since_id: str | None, token: str | None) -> dict[str, Any]:
+        user_id = self.user_id
+
+        def call(client: tweepy.Client) -> Any:
+            return client.get_users_mentions(
+                user_id,
+                since_id=since_id,
+                pagination_token=token,
+                max_results=PAGE_SIZE,
+                expansions=EXPANSIONS,
+                tweet_fields=TWEET_FIELDS,
+                user_fields=USER_FIELDS,
+            )
+
+        page: dict[str, Any] = self._request(self.poll_pacer, call)
+        return page
+
+    def fetch(self, cursor: str | None) -> tuple[list[tuple[str, Post]], str | None]:
+        """(tweet id, Post) for every mention after `cursor`, oldest first, and the new cursor."""
+        window = self.poll_pacer.window
+        now = self._clock.now()
+        if window is not None and window.remaining <= 0 and window.reset_at > now:
+            raise RateLimited("mentions budget spent", reset_at=window.reset_at, status=None)
+        found: list[tuple[str, Post]] = []
+        newest = cursor
+        token: str | None = None
+        first = True
+        while True:
+            page = self._mentions_page(cursor, token)
+            meta = page.get("meta") or {}
+            if first and isinstance(meta.get("newest_id"), str):
+                newest = meta["newest_id"]
+            first = False
+            found.extend(_posts(page))
+            token = meta.get("next_token")
+            if not token or not page.get("data"):
+                break
+        found.sort(key=lambda pair: id_order(pair[0]))
+        if found and (newest is None or id_order(found[-1][0]) > id_order(newest)):
+            newest = found[-1][0]
+        return found, newest
+
+    def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
+        found, newest = self.fetch(cursor)
+        return [post for _, post in found], newest
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def stream(self, sink: Sink) -> None:
+        """Poll mentions until `shutdown()` (plus the filtered stream, if enabled). Blocks."""
+        if self._filtered and self._hashtag:
+            self._start_filtered_stream(sink)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                found, newest = self.fetch(self._cursor)
+            except RateLimited as exc:
+                self._clock.sleep(max((exc.reset_at - self._clock.now()).total_seconds(), 0.0))
+                continue
+            except AuthFailed:
+                raise
+            except ConnectorError as exc:
+                failures += 1
+                wait = min(2.0**failures, 300.0)
+                log.warning("X mentions poll failed (%s); retrying in %.0fs", exc, wait)
+                self._clock.sleep(wait)
+                continue
+            failures = 0
+            for tweet_id, post in found:
+                self._deliver(sink, post, tweet_id)
+            if newest is not None:
+                self._cursor = newest
+            self._clock.sleep(max(self._interval, self.poll_pacer.delay()))
+
+    def _deliver(self, sink: Sink, post: Post, cursor: str | None) -> None:
+        with self._sink_lock:
+            sink(post, cursor)
+
+    def _start_filtered_stream(self, sink: Sink) -> None:
+        connector = self
+
+        class _Stream(tweepy.StreamingClient):  # type: ignore[misc]
+            def on_data(self, raw_data: bytes) -> None:
+                try:
+                    payload = json.loads(raw_data)
+                except ValueError:
+                    log.warning("X stream sent a line that is not JSON")
+                    return
+                for _, post in _posts(payload):
+                    connector._deliver(sink, post, None)
+
+            def on_errors(self, errors: Any) -> None:
+                log.info("X stream partial errors: %s", errors)
+
+        stream = _Stream(self._bearer, wait_on_rate_limit=False)
+        rule = f"#{self._hashtag}"
+        rules = stream.get_rules()
+        existing = {r.value for r in (rules.data or [])}
+        if rule not in existing:
+            stream.add_rules(tweepy.StreamRule(rule))
+        self._stream = stream
+        stream.filter(
+            expansions=EXPANSIONS,
+            tweet_fields=TWEET_FIELDS,
+            user_fields=USER_FIELDS,
+            threaded=True,
+        )
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, message: OutgoingMessage) -> str:
+        """A reply tweet, or a direct message (for anything private, e.g. payment links)."""
+        if message.is_direct:
+            if not message.recipient_id:
+                raise ConnectorError("a direct message needs the recipient's X user id")
+            recipient = message.recipient_id
+
+            def dm(client: tweepy.Client) -> Any:
+                return client.create_direct_message(
+                    participant_id=recipient, text=message.text, user_auth=self._has_user_auth
+                )
+
+            body = self._request(self.pacer, dm)
+            data = body.get("data") or {}
+            return str(data.get("dm_event_id") or data.get("id"))
+
+        def tweet(client: tweepy.Client) -> Any:
+            return client.create_tweet(
+                text=message.text,
+                in_reply_to_tweet_id=message.in_reply_to,
+                user_auth=self._has_user_auth,
+            )
+
+        body = self._request(self.pacer, tweet)
+        return str(body["data"]["id"])
+
+
+def _posts(page: Any) -> list[tuple[str, Post]]:
+    """(tweet id, Post) for each tweet of a page; a malformed tweet is logged and skipped."""
+    try:
+        tweets, users = tweets_of(page)
+    except PayloadError as exc:
+        log.warning("skipping a malformed X page: %s", exc)
+        return []
+    posts: list[tuple[str, Post]] = []
+    for tweet in tweets:
+        try:
+            posts.append((str(tweet.get("id")), post_from_tweet(tweet, users)))
+        except PayloadError as exc:
+            log.warning("skipping a malformed tweet: %s", exc)
+    return posts

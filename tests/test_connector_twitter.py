@@ -1,0 +1,229 @@
+"""The X connector through the real tweepy `Client`, with HTTP answered by `responses` from the
+real recorded payloads in shared/fixtures/real/twitter."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import responses
+
+from connectors.base import OutgoingMessage, RateLimited, Rejected
+from connectors.pacing import FakeClock
+from connectors.post import Post
+from connectors.twitter import XConnector
+
+FIXTURES = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real" / "twitter"
+)
+API = "https://api.twitter.com/2"
+BOT = "783214"
+MENTIONS = f"{API}/users/{BOT}/mentions"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    recorded: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return recorded
+
+
+def connector(clock: FakeClock | None = None, **kw: Any) -> XConnector:
+    c = XConnector(
+        account_key="demo:x",
+        bearer_token="bearer",  # responses answers; no real token is involved
+        user_id=BOT,
+        clock=clock or FakeClock(datetime(2022, 10, 7, 22, 43, tzinfo=UTC)),
+        **kw,
+    )
+    c.initialize()
+    return c
+
+
+def query(call: Any) -> dict[str, list[str]]:
+    return parse_qs(urlparse(call.request.url).query)
+
+
+@responses.activate
+def test_poll_walks_every_page_and_the_cursor_is_the_newest_id() -> None:
+    first = fixture("v2_users_mentions_page_tweepy.json")
+    second = fixture("v2_users_mentions_page_async_tweepy.json")
+    second["body"]["meta"].pop("next_token")  # the last page has none
+    responses.get(MENTIONS, json=first["body"], headers=first["headers"])
+    responses.get(MENTIONS, json=second["body"], headers=second["headers"])
+
+    posts, cursor = connector().poll("1578000000000000000")
+
+    assert len(posts) == 12
+    # The newest mention seen (two recordings stitched together, so page 2 is not older here).
+    newest = max(first["body"]["meta"]["newest_id"], second["body"]["meta"]["newest_id"], key=int)
+    assert cursor == newest
+    assert all(isinstance(p, Post) and isinstance(p.post_id, str) for p in posts)
+    assert [p.post_id for p in posts] == sorted((p.post_id for p in posts), key=int)  # oldest first
+    one, two = (query(c) for c in responses.calls)
+    assert one["since_id"] == ["1578000000000000000"] and "pagination_token" not in one
+    assert two["pagination_token"] == [first["body"]["meta"]["next_token"]]
+    assert one["expansions"] == ["author_id"]
+    fields = set(one["tweet.fields"][0].split(","))
+    assert {"created_at", "entities", "lang", "author_id", "conversation_id"} <= fields
+    assert "referenced_tweets" in fields
+
+
+@responses.activate
+def test_rate_limit_headers_pace_polling_with_an_epoch_reset() -> None:
+    page = fixture("v2_users_mentions_page_tweepy.json")
+    page["body"]["meta"].pop("next_token")
+    headers = dict(page["headers"], **{"x-rate-limit-remaining": "0"})
+    responses.get(MENTIONS, json=page["body"], headers=headers)
+    clock = FakeClock(datetime(2022, 10, 7, 22, 43, 18, tzinfo=UTC))
+    c = connector(clock)
+    c.poll(None)
+    window = c.poll_pacer.window
+    assert window is not None and window.limit == 450
+    assert window.reset_at == datetime.fromtimestamp(1665183228, UTC)
+    # The budget is spent: the next poll does not even ask, it says when to come back.
+    with pytest.raises(RateLimited) as raised:
+        c.poll(None)
+    assert raised.value.reset_at == window.reset_at
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_429_becomes_rate_limited_with_the_reset_from_the_headers() -> None:
+    responses.get(
+        MENTIONS,
+        status=429,
+        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
+        headers={
+            "x-rate-limit-limit": "450",
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": "1665183228",
+        },
+    )
+    with pytest.raises(RateLimited) as raised:
+        connector().poll("1")
+    assert raised.value.reset_at == datetime.fromtimestamp(1665183228, UTC)
+
+
+@responses.activate
+def test_html_escaped_text_entities_and_the_reply_target() -> None:
+    page = fixture("v2_tweet_reply_hashtags_html_escaped_excerpt_twarc.json")["body"]
+    responses.get(MENTIONS, json=page)
+    (post,), _ = connector().poll("1")
+    assert "Remainers & pro EU" in post.text and "&amp;" not in post.text
+    assert post.hashtags == ("brexit", "eu")
+    assert post.mentions == ("thattimwalker", "borisjohnson")
+    assert post.author_id == page["data"][0]["author_id"]
+    assert post.author_handle  # joined from includes.users
+    assert post.reply_to is not None
+
+
+@responses.activate
+def test_korean_hashtags_are_read_from_the_entities() -> None:
+    page = fixture("v2_tweet_korean_hashtags_excerpt_twarc.json")["body"]
+    responses.get(MENTIONS, json=page)
+    posts, _ = connector().poll("1")
+    tags = {t for p in posts for t in (p.hashtags or ())}
+    assert "원호" in tags
+
+
+@responses.activate
+def test_an_edited_tweet_is_an_edit_of_the_original_not_a_new_order() -> None:
+    page = fixture("v2_edited_tweet_twarc.json")["body"]
+    history = page["data"][0]["edit_history_tweet_ids"]
+    responses.get(MENTIONS, json=page)
+    posts, cursor = connector().poll("1")
+    edit = next(p for p in posts if p.edited_at is not None)
+    assert edit.post_id == history[0]
+    assert cursor == max(history, key=int)  # the cursor moves past the latest version
+
+
+@responses.activate
+def test_partial_errors_do_not_lose_the_pages_tweets() -> None:
+    errors = fixture("v2_partial_errors_excerpt_twarc.json")["body"]["errors"]
+    page = fixture("v2_search_all_hashtag_mention_includes_twarc.json")["body"]
+    page = dict(page, errors=errors)
+    responses.get(MENTIONS, json=page)
+    posts, cursor = connector().poll("1")
+    assert len(posts) == len(page["data"])
+    assert cursor == page["meta"]["newest_id"]
+
+
+@responses.activate
+def test_an_empty_poll_keeps_the_cursor() -> None:
+    responses.get(MENTIONS, json={"meta": {"result_count": 0}})
+    assert connector().poll("1578516295611748353") == ([], "1578516295611748353")
+
+
+@responses.activate
+def test_stream_hands_each_mention_to_the_sink_with_its_own_id_as_cursor() -> None:
+    page = fixture("v2_users_mentions_page_tweepy.json")
+    page["body"]["meta"].pop("next_token")
+    responses.get(MENTIONS, json=page["body"], headers=page["headers"])
+    clock = FakeClock(datetime(2022, 10, 7, 22, 43, tzinfo=UTC))
+    c = connector(clock, poll_interval=30.0)
+    got: list[tuple[str, str | None]] = []
+
+    def sink(signal: Any, cursor: str | None) -> None:
+        got.append((signal.post_id, cursor))
+        if len(got) == 10:
+            c.shutdown()
+
+    c.stream(sink)
+    assert [cursor for _, cursor in got] == sorted((cursor for _, cursor in got), key=int)
+    assert c.cursor == page["body"]["meta"]["newest_id"]
+    assert clock.sleeps and clock.sleeps[-1] >= 30.0  # the poll interval, on the fake clock
+
+
+@responses.activate
+def test_replies_and_direct_messages_return_string_ids() -> None:
+    created = fixture("v2_create_tweet_tweepy.json")
+    responses.post(f"{API}/tweets", json=created["body"], status=201, headers=created["headers"])
+    responses.post(
+        f"{API}/dm_conversations/with/60606206/messages",
+        json={
+            "data": {"dm_conversation_id": "60606206-783214", "dm_event_id": "1582838535050125316"}
+        },
+        status=201,
+    )
+    c = connector(
+        consumer_key="ck", consumer_secret="cs", access_token="at", access_token_secret="ats"
+    )
+    reply = OutgoingMessage(
+        text="Confirmed: 1 × Demo phone.",
+        visibility="unlisted",
+        idempotency_key="k1",
+        in_reply_to="1578516295611748353",
+    )
+    assert c.send(reply) == created["body"]["data"]["id"]
+    sent = json.loads(responses.calls[0].request.body)
+    assert sent["reply"]["in_reply_to_tweet_id"] == "1578516295611748353"
+    dm = OutgoingMessage(
+        text="Pay here: https://shop.example/topup/t",
+        visibility="direct",
+        idempotency_key="k2",
+        recipient_id="60606206",
+    )
+    assert c.send(dm) == "1582838535050125316"
+    assert c.pacer.window is None or c.pacer.window.limit == 200
+
+
+@responses.activate
+def test_a_duplicate_reply_is_rejected_not_retried() -> None:
+    responses.post(
+        f"{API}/tweets",
+        status=403,
+        json={
+            "detail": "You are not allowed to create a Tweet with duplicate content.",
+            "type": "about:blank",
+            "title": "Forbidden",
+            "status": 403,
+        },
+    )
+    c = connector(
+        consumer_key="ck", consumer_secret="cs", access_token="at", access_token_secret="ats"
+    )
+    with pytest.raises(Rejected):
+        c.send(OutgoingMessage(text="same", visibility="public", idempotency_key="k"))
