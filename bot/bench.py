@@ -85,6 +85,7 @@ class BaselineFigures:
     posts_per_s: float
     allocated: dict[str, int]
     projected_full_storm_s: float
+    by_post: dict[str, int]
 
 
 def decided(path: Path, brand: Brand, limit: int) -> Iterator[Command]:
@@ -97,13 +98,17 @@ def decided(path: Path, brand: Brand, limit: int) -> Iterator[Command]:
         yield to_command(Envelope(post, source), directory, now=post.effective_at)
 
 
-def run_baseline(url: str, path: Path, brand: Brand, posts: int, total: int) -> BaselineFigures:
+def run_baseline(
+    url: str, path: Path, brand: Brand, posts: int, total: int, *, by_post: bool = False
+) -> BaselineFigures:
     """The naive implementation on the first `posts` posts, on its own tables at `url`."""
     engine = create_engine(url)
     try:
         campaign = brand.campaigns[0]
         bench_baseline.create_tables(engine, campaign)
-        result = bench_baseline.run(session_factory(engine), decided(path, brand, posts), campaign)
+        result = bench_baseline.run(
+            session_factory(engine), decided(path, brand, posts), campaign, by_post=by_post
+        )
         bench_baseline.drop_tables(engine)
     finally:
         engine.dispose()
@@ -114,6 +119,7 @@ def run_baseline(url: str, path: Path, brand: Brand, posts: int, total: int) -> 
         posts_per_s=round(rate, 1),
         allocated=result.allocated,
         projected_full_storm_s=round(total / rate, 1) if rate else 0.0,
+        by_post=result.by_post,
     )
 
 

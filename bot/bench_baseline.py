@@ -66,6 +66,7 @@ class BaselineResult:
     duplicates: int = 0
     states: dict[str, int] = field(default_factory=dict)
     allocated: dict[str, int] = field(default_factory=dict)
+    by_post: dict[str, int] = field(default_factory=dict)
 
     @property
     def posts_per_s(self) -> float:
@@ -122,9 +123,16 @@ def _apply_one(session: Session, command: Command, limit: int) -> str:
 
 
 def run(
-    sessions: sessionmaker[Session], commands: Iterable[Command], campaign: Campaign
+    sessions: sessionmaker[Session],
+    commands: Iterable[Command],
+    campaign: Campaign,
+    *,
+    by_post: bool = False,
 ) -> BaselineResult:
-    """Apply `commands` one transaction each; the allocation is read back at the end."""
+    """Apply `commands` one transaction each; the allocation is read back at the end.
+
+    With `by_post`, the result also says how many units each order post received.
+    """
     result = BaselineResult()
     states: dict[str, int] = {}
     started = time.perf_counter()
@@ -143,15 +151,11 @@ def run(
                 select(BaselineStock.sku, BaselineStock.allocated).order_by(BaselineStock.sku)
             )
         }
-    return result
-
-
-def allocated_by_post(sessions: sessionmaker[Session]) -> dict[str, int]:
-    """Units each order post received (for comparing with the engine on a small storm)."""
-    with sessions() as session:
-        rows = session.execute(
-            select(BaselineReservation.post_id, BaselineReservation.allocated).where(
-                BaselineReservation.allocated > 0
+        if by_post:
+            rows = session.execute(
+                select(BaselineReservation.post_id, BaselineReservation.allocated).where(
+                    BaselineReservation.allocated > 0
+                )
             )
-        )
-        return {post_id: allocated for post_id, allocated in rows}
+            result.by_post = {post_id: allocated for post_id, allocated in rows}
+    return result

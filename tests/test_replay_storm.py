@@ -1,0 +1,94 @@
+"""`flashtag replay` rehearses a recorded storm on any day, and the result passes the audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from bot.storm import StormSpec, storm, write_jsonl
+from config.database import create_engine, session_factory
+from config.loader import load_brand
+from orders.audit import audit
+
+ROOT = Path(__file__).resolve().parent.parent
+STOCK_PER_SKU = 25
+
+
+@pytest.fixture
+def small_xiaomi(tmp_path: Path) -> Path:
+    """The xiaomi brand file with 25 phones per SKU, so a small storm sells out."""
+    source = (ROOT / "config" / "brands" / "xiaomi.toml").read_text(encoding="utf-8")
+    path = tmp_path / "xiaomi.toml"
+    path.write_text(source.replace("stock = 12500", f"stock = {STOCK_PER_SKU}"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recorded_storm(tmp_path: Path, small_xiaomi: Path) -> Path:
+    """A storm recorded on another day: the same sale, opened on 2026-11-11 instead of 2012."""
+    brand = load_brand(small_xiaomi)
+    campaign = brand.campaign()
+    other_day = campaign.opens_at.replace(year=2026, month=11, day=11)
+    moved = campaign.model_copy(update={"opens_at": other_day})
+    recorded = brand.model_copy(update={"campaigns": [moved]})
+    path = tmp_path / "storm.jsonl"
+    write_jsonl(storm(recorded, StormSpec(posts=3_000, seed=3)), path)
+    return path
+
+
+def _replay(storm_file: Path, brand_file: Path, db_url: str, *extra: str) -> dict[str, object]:
+    args = ["replay", str(storm_file), "--brand", str(brand_file), "--db", db_url]
+    result = CliRunner().invoke(app, [*args, "--no-progress", *extra])
+    assert result.exit_code == 0, result.output
+    summary: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def test_shift_to_open_rehearses_the_storm_and_the_audit_is_clean(
+    db_url: str, recorded_storm: Path, small_xiaomi: Path
+) -> None:
+    summary = _replay(recorded_storm, small_xiaomi, db_url, "--shift-to-open")
+
+    assert summary["posts"] == 3_000
+    assert summary["units_allocated"] == {
+        sku: STOCK_PER_SKU
+        for sku in ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
+    }
+    outcomes = summary["outcomes"]
+    assert isinstance(outcomes, dict)
+    assert outcomes["payment_needed"] > 0 and outcomes["waitlisted"] > 0
+    assert summary["duplicates"] == outcomes["duplicate"] > 100
+    engine = create_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            assert audit(session) == []
+    finally:
+        engine.dispose()
+
+
+def test_without_the_shift_a_storm_from_another_day_reserves_nothing(
+    db_url: str, recorded_storm: Path, small_xiaomi: Path
+) -> None:
+    # Windows are judged on post times: the 2026 posts fall after the 2012 sale closed.
+    summary = _replay(recorded_storm, small_xiaomi, db_url)
+
+    assert summary["units_allocated"] == dict.fromkeys(
+        ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE"), 0
+    )
+    assert "payment_needed" not in summary["outcomes"]  # type: ignore[operator]
+
+
+def test_dry_run_parses_without_a_database(recorded_storm: Path, small_xiaomi: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["replay", str(recorded_storm), "--brand", str(small_xiaomi), "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["posts"] == 3_000
+    decisions = summary["decisions"]
+    assert decisions["order"] > 2_000
+    assert sum(decisions.values()) + summary["duplicates"] == 3_000
