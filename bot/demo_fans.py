@@ -207,7 +207,7 @@ class DemoStripe:
         }
         body = json.dumps(event, separators=(",", ":"))
         header = stripe.WebhookSignature.generate_signature_header(
-            self._secret, body, timestamp=now
+            body, self._secret, timestamp=now
         )
         try:
             response = client.post(
@@ -251,15 +251,30 @@ class Crowd:
         self._campaign_id = campaign_id
         self._threads = threads
         self.stats = CrowdStats()
+        # Posts go to the Mastodon server, payments to the web process: two queues, so a busy
+        # server never holds up a fan's payment.
         self._heap: list[tuple[float, int, int, Action]] = []
+        self._payments: list[tuple[float, int, int, Action]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._seq = 0
+        self._posts_left = 0
 
     def _push(self, at: float, fan: Fan, action: Action) -> None:
         with self._lock:
+            if self._stop.is_set():
+                return
             self._seq += 1
+            if action.kind == "prepay":
+                heapq.heappush(self._payments, (at, self._seq, fan.index, action))
+                return
+            self._posts_left += 1
             heapq.heappush(self._heap, (at, self._seq, fan.index, action))
+
+    def posts_left(self) -> int:
+        """Fan posts (and deletes) not yet made: scheduled or in flight."""
+        with self._lock:
+            return self._posts_left
 
     def prepay(self) -> None:
         """Top-ups made before the sale opens (fans who keep credit ready)."""
@@ -287,16 +302,27 @@ class Crowd:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._heap)
+            return len(self._heap) + len(self._payments)
 
     def stop(self) -> None:
-        self._stop.set()
+        """The sale is over: fans stop acting (what is still scheduled is dropped)."""
+        with self._lock:
+            self._stop.set()
+            self._heap.clear()
+            self._payments.clear()
 
     def run(self, now: Callable[[], float] = time.monotonic) -> None:
         """Work through the schedule until it is empty and `stop()` was called."""
         workers = [
-            threading.Thread(target=self._work, args=(now,), name=f"fan-{i}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(now, self._heap), name=f"fan-{i}", daemon=True
+            )
             for i in range(self._threads)
+        ] + [
+            threading.Thread(
+                target=self._work, args=(now, self._payments), name=f"payer-{i}", daemon=True
+            )
+            for i in range(2)
         ]
         for worker in workers:
             worker.start()
@@ -304,27 +330,31 @@ class Crowd:
             worker.join()
         self.stats.done = True
 
-    def _next(self, now: Callable[[], float]) -> tuple[Fan, Action] | None:
-        while not self._stop.is_set() or self.pending():
+    def _next(
+        self, now: Callable[[], float], heap: list[tuple[float, int, int, Action]]
+    ) -> tuple[Fan, Action] | None:
+        while not self._stop.is_set():
             with self._lock:
-                if self._heap and self._heap[0][0] <= now():
-                    _at, _seq, index, action = heapq.heappop(self._heap)
+                if heap and heap[0][0] <= now():
+                    _at, _seq, index, action = heapq.heappop(heap)
                     return self.fans[index], action
-                wait = (self._heap[0][0] - now()) if self._heap else 0.05
+                wait = (heap[0][0] - now()) if heap else 0.05
             time.sleep(min(max(wait, 0.005), 0.05))
-            if self._stop.is_set() and not self.pending():
-                return None
         return None
 
-    def _work(self, now: Callable[[], float]) -> None:
+    def _work(self, now: Callable[[], float], heap: list[tuple[float, int, int, Action]]) -> None:
         with httpx.Client(base_url=self._base, timeout=60.0) as client:
-            while (item := self._next(now)) is not None:
+            while (item := self._next(now, heap)) is not None:
                 fan, action = item
                 try:
                     self._act(client, fan, action)
                 except httpx.HTTPError as exc:
                     self.stats.errors += 1
                     log.debug("fan %s failed to %s: %s", fan.username, action.kind, exc)
+                finally:
+                    if action.kind != "prepay":
+                        with self._lock:
+                            self._posts_left -= 1
 
     def _act(self, client: httpx.Client, fan: Fan, action: Action) -> None:
         auth = {"Authorization": f"Bearer {fan.token}"}

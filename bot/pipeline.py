@@ -137,7 +137,9 @@ class CampaignDirectory:
         self.brand_of_campaign: dict[str, Brand] = {}
         for brand in brands:
             self.brands[brand.brand.id] = brand
-            self.grammars[brand.brand.id] = [(c, compile_grammar(brand, c)) for c in brand.campaigns]
+            self.grammars[brand.brand.id] = [
+                (c, compile_grammar(brand, c)) for c in brand.campaigns
+            ]
             for campaign in brand.campaigns:
                 self.brand_of_campaign[campaign.id] = brand
 
@@ -159,9 +161,7 @@ class CampaignDirectory:
         return first
 
 
-def to_command(
-    envelope: Envelope, directory: CampaignDirectory, *, now: datetime
-) -> Command:
+def to_command(envelope: Envelope, directory: CampaignDirectory, *, now: datetime) -> Command:
     """One queued signal as the engine's input."""
     signal = envelope.signal
     brand_id = envelope.source.brand_id
@@ -218,6 +218,7 @@ class Pipeline:
         clock: Clock | None = None,
         on_commit: Callable[[BatchReport], None] | None = None,
         retries: int = 5,
+        public_url: str | None = None,
     ) -> None:
         self._sessions = sessions
         self.directory = CampaignDirectory(brands)
@@ -226,6 +227,7 @@ class Pipeline:
         self._batcher: Batcher[Envelope] = Batcher(max_posts, timedelta(milliseconds=max_wait_ms))
         self._on_commit = on_commit
         self._retries = retries
+        self._public_url = public_url
         self._lock = threading.Lock()
         self.stats = PipelineStats()
 
@@ -353,9 +355,11 @@ class Pipeline:
         with self._sessions() as session, session.begin():
             outcomes = engine.apply(session, commands, now=now)
             for brand, brand_outcomes in self._by_brand(outcomes):
-                outbox.queue(session, brand_outcomes, brand=brand, now=now)
+                outbox.queue(
+                    session, brand_outcomes, brand=brand, now=now, public_url=self._public_url
+                )
             for key, position in positions.items():
-                cursors.save(session, key, position)
+                cursors.save(session, key, position, at=now)
         return BatchReport(
             signals=len(batch),
             outcomes=tuple(outcomes),

@@ -114,6 +114,7 @@ class Worker:
         sender_idle_seconds: float = 1.0,
         connector_factory: ConnectorFactory | None = None,
         on_commit: Callable[[BatchReport], None] | None = None,
+        public_url: str | None = None,
     ) -> None:
         self._sessions = sessions
         self.brands = list(brands)
@@ -131,6 +132,7 @@ class Worker:
             max_wait_ms=max_wait_ms,
             clock=self._clock,
             on_commit=self._committed(on_commit),
+            public_url=public_url,
         )
         self._running: list[_Running] = []
         self._pipeline_thread: threading.Thread | None = None

@@ -135,7 +135,32 @@ def run(
         raise typer.Exit(1)
 
 
+def demo(
+    fans: int = typer.Option(2000, help="How many fan accounts take part"),
+    seed: int = typer.Option(7, help="The crowd's random seed"),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: a fresh SQLite file)"),
+    exit_at_end: bool = typer.Option(False, "--exit", help="Quit at the end (for scripts)"),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON object"),
+    live: bool = typer.Option(True, help="Show the live view (on a terminal)"),
+) -> None:
+    """A whole flash sale on a local Mastodon: fans, the real bot, top-ups, lapses, the audit."""
+    from bot.demo import DemoOptions, run_demo
+
+    status = run_demo(
+        DemoOptions(
+            fans=fans,
+            seed=seed,
+            db=db,
+            exit_at_end=exit_at_end,
+            json_summary=json_summary,
+            live=live,
+        )
+    )
+    raise typer.Exit(status)
+
+
 def register(app: typer.Typer) -> None:
     app.command("worker")(worker)
     app.command("clock")(clock)
     app.command("run")(run)
+    app.command("demo")(demo)
