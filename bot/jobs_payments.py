@@ -12,8 +12,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import stripe
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import outbox
@@ -21,13 +23,21 @@ from bot.links import LinkSigner
 from config.brand import Brand
 from orders.engine import settle_buyer
 from orders.outcomes import Outcome
+from wallet import ledger
 from wallet.stripe_payments import (
+    CashoutRefusedError,
     PaidSession,
+    SentRefund,
+    StripeRejectedError,
+    StripeUnavailableError,
     apply_paid_session,
     completed_sessions,
     paid_session,
+    plan_cashout,
+    send_refunds,
     unapplied,
 )
+from wallet.stripe_tables import stripe_refunds
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +142,55 @@ def reconcile_payments(
                 report.applied.append(paid.session_id)
                 log.warning("reconciled %s: its webhook never arrived", paid.session_id)
     return report
+
+
+def cash_out(
+    factory: sessionmaker[Session],
+    client: stripe.StripeClient,
+    *,
+    buyer: str,
+    amount: int,
+    currency: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Refund `amount` of a buyer's unused credit to their card (0: only resend what an
+    earlier, interrupted cash-out left pending). Returns what happened, for `wallet refund`.
+
+    Pending refunds of this buyer are sent first; a new cash-out is planned only when none is
+    left pending, so a buyer is never refunded twice for one request. Raises
+    `CashoutRefusedError` when the credit or the top-ups do not cover the amount.
+    """
+    with factory() as session:
+        held_in = ledger.currencies(session, buyer)
+    if currency is None:
+        if len(held_in) > 1:
+            raise CashoutRefusedError(f"{buyer} has wallets in {', '.join(held_in)}: pick one")
+        currency = held_in[0] if held_in else "USD"
+    sent: list[SentRefund] = []
+    error = None
+    try:
+        sent += send_refunds(factory, client, buyer=buyer, now=now)
+        if amount:
+            with factory.begin() as session:
+                plan_cashout(session, buyer=buyer, amount=amount, currency=currency, at=now)
+            sent += send_refunds(factory, client, buyer=buyer, now=now)
+    except (StripeUnavailableError, StripeRejectedError) as exc:
+        error = str(exc)
+        log.error("cash-out for %s interrupted: %s", buyer, exc)
+    r = stripe_refunds
+    with factory() as session:
+        pending = session.execute(
+            select(func.coalesce(func.sum(r.c.amount), 0)).where(
+                r.c.buyer == buyer, r.c.state == "pending", r.c.currency == currency
+            )
+        ).scalar_one()
+        balance = ledger.available(session, buyer, currency)
+    return {
+        "buyer": buyer,
+        "currency": currency,
+        "refunded": sum(s.amount for s in sent if s.state == "succeeded"),
+        "refunds": [{"refund_id": s.refund_id, "amount": s.amount, "state": s.state} for s in sent],
+        "pending": int(pending),
+        "balance": balance,
+        "error": error,
+    }

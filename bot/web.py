@@ -57,6 +57,7 @@ from wallet.stripe_payments import (
     open_checkout,
     paid_session,
     record_event,
+    refund_failed,
     set_event_outcome,
     verify_event,
 )
@@ -301,6 +302,8 @@ def _handle_event(site: Site, session: Session, event: Mapping[str, Any]) -> str
         return "expired"
     if kind == "charge.refunded":
         return f"debited:{apply_charge_refunded(session, obj, at=now)}"
+    if kind in ("refund.failed", "refund.updated"):
+        return f"restored:{refund_failed(session, obj, at=now)}"
     return "ignored"
 
 

@@ -66,6 +66,7 @@ class FakeStripe:
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refund_status: str = "succeeded"
     faults: list[str] = field(default_factory=list)
     saved: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
@@ -192,8 +193,9 @@ class FakeStripe:
         if amount > charge["amount"] - charge["amount_refunded"]:
             err = _error("invalid_request_error", "Refund amount is greater than unrefunded amount")
             return 400, json.dumps(err)
-        charge["amount_refunded"] += amount
-        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        if self.refund_status != "failed":
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
         refund = {
             "id": self._id("re"),
             "object": "refund",
@@ -204,7 +206,7 @@ class FakeStripe:
             "metadata": params.get("metadata", {}),
             "payment_intent": intent["id"],
             "reason": params.get("reason"),
-            "status": "succeeded",
+            "status": self.refund_status,
         }
         self.refunds[refund["id"]] = refund
         return 200, json.dumps(refund)
@@ -459,14 +461,11 @@ class Shop:
             return ledger.available(session, buyer, currency)
 
     def audit(self) -> list[str]:
-        from wallet import ledger
+        from orders.audit import audit
+        from wallet.stripe_payments import audit as stripe_audit
 
         with self.factory() as session:
-            try:
-                from orders.audit import audit
-            except ModuleNotFoundError:
-                return ledger.audit(session)
-            return audit(session)
+            return audit(session, extra=[stripe_audit])
 
     def count(self, table: Any, *where: Any) -> int:
         from sqlalchemy import func, select

@@ -24,8 +24,10 @@ from wallet.stripe_payments import (
     make_client,
     paid_session,
     plan_cashout,
+    refund_failed,
     send_refunds,
 )
+from wallet.stripe_payments import audit as stripe_audit
 from wallet.stripe_tables import stripe_refunds
 
 BUYER = "mastodon:109348"
@@ -63,7 +65,7 @@ def _balance(factory: sessionmaker[Session]) -> int:
 
 def _audit(factory: sessionmaker[Session]) -> list[str]:
     with factory() as s:
-        return ledger.audit(s)
+        return ledger.audit(s) + stripe_audit(s)
 
 
 def test_a_paid_session_is_credited_once_whoever_brings_it(
@@ -205,3 +207,52 @@ def test_cash_out_survives_a_lost_answer_without_refunding_twice(
 
 def _charge(fake: FakeStripe, sid: str) -> dict[str, Any]:
     return dict(fake.charges[fake.intents[fake.sessions[sid]["payment_intent"]]["latest_charge"]])
+
+
+def test_a_refund_stripe_cannot_complete_goes_back_into_the_wallet(
+    factory: sessionmaker[Session], fake: FakeStripe
+) -> None:
+    clock = Clock(fake.now)
+    _topup(factory, fake, clock, 3000)
+    with factory.begin() as s:
+        plan_cashout(s, buyer=BUYER, amount=1000, currency="USD", at=clock.now)
+    fake.refund_status = "failed"
+    [sent] = send_refunds(factory, make_client("sk_test_x"), now=clock.now)
+    assert sent.state == "failed"
+    assert _balance(factory) == 3000
+    with factory.begin() as s:  # Stripe's refund.failed event about it, later: nothing more
+        assert refund_failed(s, fake.refunds[str(sent.refund_id)], at=clock.now) == 0
+    assert _balance(factory) == 3000
+
+    fake.refund_status = "pending"
+    with factory.begin() as s:
+        plan_cashout(s, buyer=BUYER, amount=3000, currency="USD", at=clock.now)
+    [later] = send_refunds(factory, make_client("sk_test_x"), now=clock.now)
+    assert later.state == "succeeded" and _balance(factory) == 0
+    failed_later = dict(fake.refunds[str(later.refund_id)], status="failed")
+    with factory.begin() as s:
+        assert refund_failed(s, failed_later, at=clock.now) == 3000
+    assert _balance(factory) == 3000
+    assert _audit(factory) == []
+
+
+def test_audit_notices_a_paid_session_that_was_never_credited(
+    factory: sessionmaker[Session], fake: FakeStripe
+) -> None:
+    from sqlalchemy import delete, update
+
+    from wallet.stripe_tables import stripe_checkout_sessions
+
+    clock = Clock(fake.now)
+    sid = _topup(factory, fake, clock, 1000)
+    assert _audit(factory) == []
+    with factory.begin() as s:
+        s.execute(
+            update(stripe_checkout_sessions)
+            .where(stripe_checkout_sessions.c.session_id == sid)
+            .values(amount_total=1500)
+        )
+    assert any("credited as topup of 1000" in p for p in _audit(factory))
+    with factory.begin() as s:
+        s.execute(delete(stripe_checkout_sessions))
+    assert any("without a paid Stripe session" in p for p in _audit(factory))

@@ -647,18 +647,134 @@ def send_refunds(
             options={"idempotency_key": row["key"]},
         )
         state = "failed" if refund.status in ("failed", "canceled") else "succeeded"
-        if state == "failed":
-            log.error("refund %s for %s failed at Stripe", refund.id, row["buyer"])
         with factory.begin() as session:
             session.execute(
                 update(r)
-                .where(r.c.id == row["id"])
-                .values(
-                    refund_id=refund.id,
-                    charge_id=getattr(refund, "charge", None),
-                    state=state,
-                    updated_at=now,
-                )
+                .where(r.c.id == row["id"], r.c.state == "pending")
+                .values(refund_id=refund.id, charge_id=getattr(refund, "charge", None))
             )
+            if state == "failed":
+                refund_failed(session, refund.to_dict(), at=now)
+            else:
+                session.execute(
+                    update(r)
+                    .where(r.c.id == row["id"], r.c.state == "pending")
+                    .values(state="succeeded", updated_at=now)
+                )
         sent.append(SentRefund(str(row["key"]), str(refund.id), int(row["amount"]), state))
     return sent
+
+
+RESTORED_PREFIX = "refund-failed:"
+
+
+def refund_failed(session: Session, refund: Mapping[str, Any], *, at: datetime) -> int:
+    """A cash-out refund Stripe could not complete (`status` failed or canceled, at creation or
+    later in `refund.failed` / `refund.updated`): its amount goes back into the wallet, once.
+    Returns the amount restored."""
+    if refund.get("status") not in ("failed", "canceled"):
+        return 0
+    r = stripe_refunds
+    row = (
+        session.execute(
+            select(r)
+            .where(r.c.refund_id == refund.get("id"), r.c.source == "cashout")
+            .with_for_update()
+        )
+        .mappings()
+        .first()
+    )
+    if row is None or row["state"] == "failed":
+        return 0
+    session.execute(update(r).where(r.c.id == row["id"]).values(state="failed", updated_at=at))
+    ledger.credit_topup(
+        session,
+        buyer=row["buyer"],
+        amount=int(row["amount"]),
+        currency=row["currency"],
+        stripe_ref=f"{RESTORED_PREFIX}{row['key']}",
+        at=at,
+    )
+    log.error(
+        "refund %s failed at Stripe: %s back to %s", row["refund_id"], row["amount"], row["buyer"]
+    )
+    return int(row["amount"])
+
+
+# --- Audit -------------------------------------------------------------------------------------
+
+
+def audit(session: Session, *, limit: int = 20) -> list[str]:
+    """Check the Stripe side of the books; an empty list means it holds.
+
+    - every paid top-up is credited exactly once: a paid session with a non-zero total has one
+      `topup` transfer under its session id, of its `amount_total`, and every `topup` transfer
+      belongs to a paid session;
+    - nobody is refunded more than they paid: per payment intent, refunds (pending or done)
+      never exceed the session's `amount_total`;
+    - every cash-out took from the wallet exactly what its Stripe refunds return.
+    """
+    problems: list[str] = []
+    t = stripe_checkout_sessions
+    credited = session.execute(
+        select(t.c.session_id, t.c.amount_total, transfers.c.amount, transfers.c.kind)
+        .outerjoin(transfers, transfers.c.ref == t.c.session_id)
+        .where(t.c.state == "paid", t.c.amount_total > 0)
+        .where(
+            transfers.c.id.is_(None)
+            | (transfers.c.amount != t.c.amount_total)
+            | (transfers.c.kind != "topup")
+        )
+        .limit(limit)
+    ).all()
+    for sid, total, amount, kind in credited:
+        if amount is None:
+            problems.append(f"paid session {sid} ({total}) was never credited")
+        else:
+            problems.append(f"paid session {sid} ({total}) credited as {kind} of {amount}")
+    orphans = session.execute(
+        select(transfers.c.ref)
+        .outerjoin(t, (t.c.session_id == transfers.c.ref) & (t.c.state == "paid"))
+        .where(transfers.c.kind == "topup", t.c.id.is_(None))
+        .where(~transfers.c.ref.startswith(RESTORED_PREFIX))
+        .limit(limit)
+    ).scalars()
+    problems.extend(f"top-up {ref} credited without a paid Stripe session" for ref in orphans)
+    r = stripe_refunds
+    refunded = (
+        select(r.c.payment_intent, func.sum(r.c.amount).label("refunded"))
+        .where(r.c.state != "failed")
+        .group_by(r.c.payment_intent)
+        .subquery()
+    )
+    over = session.execute(
+        select(t.c.session_id, t.c.amount_total, refunded.c.refunded)
+        .join(refunded, refunded.c.payment_intent == t.c.payment_intent)
+        .where(refunded.c.refunded > func.coalesce(t.c.amount_total, 0))
+        .limit(limit)
+    ).all()
+    problems.extend(f"session {sid}: {total} paid in, {back} refunded" for sid, total, back in over)
+    cashouts = session.execute(
+        select(r.c.key, r.c.amount, r.c.state).where(r.c.source == "cashout")
+    ).all()
+    planned: dict[str, int] = {}
+    for key, amount, state in cashouts:
+        cashout_id = str(key).removeprefix("flashtag-cashout-").rsplit("-", 1)[0]
+        planned[f"cashout:{cashout_id}"] = planned.get(f"cashout:{cashout_id}", 0) + int(amount)
+        if state == "failed":
+            planned[f"{RESTORED_PREFIX}{key}"] = int(amount)
+    if planned:
+        taken = {
+            str(ref): int(amount)
+            for ref, amount in session.execute(
+                select(transfers.c.ref, transfers.c.amount).where(
+                    transfers.c.ref.in_(list(planned))
+                )
+            )
+        }
+        for ref, amount in planned.items():
+            if taken.get(ref) != amount:
+                problems.append(
+                    f"{ref}: Stripe refunds {amount}, the ledger moved {taken.get(ref, 0)}"
+                )
+    return problems[: limit * 4]

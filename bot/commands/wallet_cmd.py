@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -69,6 +69,47 @@ def wallet_show(
     finally:
         engine.dispose()
     typer.echo(json.dumps(report, indent=2, default=_json_default, ensure_ascii=False))
+
+
+@wallet_app.command("refund")
+def wallet_refund(
+    buyer: str = typer.Argument(..., help="Buyer key, platform:account_id"),
+    amount: int = typer.Argument(
+        ..., min=0, help="Minor units to refund to the card (0: only resend pending refunds)"
+    ),
+    currency: str | None = typer.Option(
+        None, "--currency", help="ISO currency (default: the buyer's only wallet)"
+    ),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)"),
+) -> None:
+    """Refund unused credit through Stripe, from the buyer's most recent top-ups (never more than
+    they paid in). Prints the refunds as JSON. If Stripe cannot be reached the credit stays
+    taken and the refunds pending: run again (AMOUNT 0 sends only what is pending)."""
+    from bot.jobs_payments import cash_out
+    from wallet.stripe_payments import PaymentError, make_client
+
+    settings = get_settings()
+    if settings.stripe_secret_key is None:
+        typer.echo("error: STRIPE_SECRET_KEY is not set", err=True)
+        raise typer.Exit(1)
+    engine = create_engine(db or settings.database_url)
+    try:
+        report = cash_out(
+            session_factory(engine),
+            make_client(settings.stripe_secret_key.get_secret_value()),
+            buyer=buyer,
+            amount=amount,
+            currency=currency.upper() if currency else None,
+            now=datetime.now(UTC),
+        )
+    except (LedgerError, PaymentError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    if report["pending"]:
+        raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:
