@@ -14,6 +14,8 @@ Without a database URL every run gets a fresh SQLite file in a temporary directo
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import resource
 import statistics
 import tempfile
@@ -123,10 +125,58 @@ def run_baseline(
     )
 
 
-def _run_once(url: str, path: Path, brand: Brand, batch: int) -> tuple[ReplayResult, list[str]]:
+def _run_once(
+    url: str, path: Path, brand: Brand, batch: int, profile: int = 0
+) -> tuple[ReplayResult, list[str], list[dict[str, Any]]]:
     reset_tables(url)
-    result = replay(path, brand, url=url, batch_size=batch)
-    return result, run_audit(url)
+    if not profile:
+        return replay(path, brand, url=url, batch_size=batch), run_audit(url), []
+    profiler = cProfile.Profile()
+    result = profiler.runcall(replay, path, brand, url=url, batch_size=batch)
+    return (
+        result,
+        run_audit(url),
+        [{"stages": stage_seconds(profiler)}, *top_functions(profiler, profile)],
+    )
+
+
+# The stages of one batch, by the function that does each (file suffix, function name).
+STAGES = {
+    "read_and_decode": ("bot/feed.py", "read_posts"),
+    "parse": ("orders/parser.py", "parse"),
+    "engine_apply": ("orders/engine.py", "apply"),
+    "outbox_queue": ("bot/outbox.py", "queue"),
+    "commit": ("sqlalchemy/orm/session.py", "commit"),
+}
+
+
+def stage_seconds(profiler: cProfile.Profile) -> dict[str, float]:
+    """Cumulative seconds spent in each stage of the pipeline (under the profiler)."""
+    stats = pstats.Stats(profiler)
+    found = dict.fromkeys(STAGES, 0.0)
+    for (file, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        for stage, (suffix, function) in STAGES.items():
+            if name == function and file.endswith(suffix):
+                found[stage] += row[3]
+    return {stage: round(seconds, 3) for stage, seconds in found.items()}
+
+
+def top_functions(profiler: cProfile.Profile, count: int) -> list[dict[str, Any]]:
+    """The `count` functions with the most time of their own, and what they include."""
+    stats = pstats.Stats(profiler)
+    entries = []
+    for (file, line, name), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        entries.append(
+            {
+                "function": f"{where}:{line}({name})",
+                "calls": calls,
+                "own_s": round(own, 3),
+                "cumulative_s": round(cumulative, 3),
+            }
+        )
+    entries.sort(key=lambda e: e["own_s"], reverse=True)
+    return entries[:count]
 
 
 def run_storm(
@@ -141,6 +191,7 @@ def run_storm(
     baseline: bool = False,
     baseline_posts: int = DEFAULT_BASELINE_POSTS,
     keep: bool = False,
+    profile: int = 0,
 ) -> dict[str, Any]:
     """Generate the storm, replay it `runs` times on fresh tables, and report as one object."""
     bench_brand = scaled_brand(brand, stock)
@@ -151,9 +202,13 @@ def run_storm(
         generate_s = time.perf_counter() - started
         url = db or f"sqlite:///{Path(tmp) / 'bench.db'}"
         figures: list[dict[str, Any]] = []
-        for _ in range(runs):
-            result, problems = _run_once(url, path, bench_brand, batch)
+        top: list[dict[str, Any]] = []
+        for run in range(runs):
+            result, problems, found = _run_once(
+                url, path, bench_brand, batch, profile if run == 0 else 0
+            )
             figures.append(_figures(result, problems))
+            top = top or found
         base: BaselineFigures | None = None
         if baseline:
             base = run_baseline(url, path, bench_brand, min(baseline_posts, lines), lines)
@@ -173,6 +228,12 @@ def run_storm(
         report["elapsed"] = round(statistics.median(f["elapsed"] for f in figures), 3)
         report["posts_per_s"] = round(statistics.median(f["posts_per_s"] for f in figures), 1)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if top:
+        report["profile"] = {
+            "note": "first run under cProfile (slower); compare shares, not seconds",
+            "stages_s": top[0]["stages"],
+            "top_own_time": top[1:],
+        }
     if base is not None:
         report["baseline"] = {
             "posts": base.posts,

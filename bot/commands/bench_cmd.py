@@ -26,6 +26,9 @@ def bench_storm(
         5_000, "--baseline-posts", min=1, help="Posts of the storm's prefix the baseline runs"
     ),
     keep: bool = typer.Option(False, "--keep", help="Keep the tables at --db afterwards"),
+    profile: int = typer.Option(
+        0, "--profile", min=0, help="Profile the first run; report this many top functions"
+    ),
     write: Path | None = typer.Option(  # noqa: B008
         None, "--write", help="Only write the storm as JSON lines to this file, and stop"
     ),
@@ -54,6 +57,7 @@ def bench_storm(
         baseline=baseline,
         baseline_posts=baseline_posts,
         keep=keep,
+        profile=profile,
     )
     typer.echo(json.dumps(report, ensure_ascii=False))
     if report.get("audit") != "ok":
