@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,16 @@ def server(request: pytest.FixtureRequest) -> Iterator[MockServer]:
         yield mock
 
 
+@pytest.fixture(autouse=True)
+def _quick_thread_handoffs() -> Iterator[None]:
+    """The mock server, the proxy and the connector share one interpreter here: hand the GIL
+    over quickly so each event does not wait out the default 5 ms switch interval."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    yield
+    sys.setswitchinterval(before)
+
+
 @pytest.fixture
 def proxy(server: MockServer) -> Iterator[CuttableProxy]:
     port = int(server.base_url.rsplit(":", 1)[1])
@@ -237,33 +248,33 @@ def test_2000_mentions_survive_a_disconnect_and_a_restart_exactly_once(
     server: MockServer, proxy: CuttableProxy, started: list[MastodonConnector]
 ) -> None:
     fans = Fans(server)
-    fans.mention(100)  # already waiting before the bot starts: the first backfill finds them
+    fans.mention(50)  # already waiting before the bot starts: the first backfill finds them
     clock = FakeClock()
     sink = Collector()
     first = connector(proxy.url, clock)
     started.append(first)
     thread = run(first, sink)
-    sink.wait_for(100)
+    sink.wait_for(50)
 
-    fans.mention(500)  # live, over the stream
-    sink.wait_for(600)
+    fans.mention(650)  # live, over the stream
+    sink.wait_for(700)
 
     proxy.cut()  # the network drops mid-sale; fans keep posting
-    fans.mention(400)
+    fans.mention(150)
     proxy.restore()  # the connector reconnects and backfills the gap
-    sink.wait_for(1000)
-    fans.mention(300)
-    sink.wait_for(1300)
+    sink.wait_for(850)
+    fans.mention(350)
+    sink.wait_for(1200)
     assert first.reconnects >= 1
     assert clock.sleeps, "the reconnect backed off on the (fake) clock"
 
     stop(first, thread)  # a restart: only the committed cursor survives
-    fans.mention(300)
+    fans.mention(150)
     second = connector(proxy.url, FakeClock(), cursor=sink.cursor)
     started.append(second)
     thread = run(second, sink)
-    sink.wait_for(1600)
-    fans.mention(400)
+    sink.wait_for(1350)
+    fans.mention(650)
     sink.wait_for(2000)
     stop(second, thread)
 

@@ -188,3 +188,32 @@ def test_cursors_advance_only_when_the_transaction_commits(engine: Engine) -> No
     with factory() as session:
         assert cursors.load(session, "demo:mastodon") == "100"
         assert cursors.load(session, "demo:x") is None
+
+
+def test_outbox_status_command_shows_depth_and_eta(engine: Engine, db_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    now = datetime.now(UTC)
+    with session_factory(engine).begin() as session:
+        queue(
+            session,
+            [outcome("payment_needed", str(i), reservation_id=i, amount_due=100) for i in range(4)]
+            + [outcome("confirmed", str(i), reservation_id=i) for i in range(10, 16)],
+            brand=BRAND,
+            now=now,
+            public_url=URL,
+            signer=SIGNER,
+        )
+        # Two replies went out in the last hour: the pace is 2 per hour.
+        session.execute(
+            outbox_messages.update()
+            .where(outbox_messages.c.kind == "confirmed", outbox_messages.c.reservation_id < 12)
+            .values(state="sent", platform_id="1", sent_at=now - timedelta(minutes=10))
+        )
+    result = CliRunner().invoke(app, ["outbox", "status", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert "demo:mastodon: 8 queued" in result.output
+    assert "action needed" in result.output and "4" in result.output
+    assert "ETA at current pace 4h00m" in result.output  # 8 waiting at 2 per hour
