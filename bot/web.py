@@ -136,11 +136,17 @@ def _when(at: datetime | None, campaign: Campaign) -> str:
 # --- queries -----------------------------------------------------------------------------------
 
 
-def _hold_deadline(session: Session, buyer: str, campaign_id: str) -> datetime | None:
+def _hold_deadline(
+    session: Session, buyer: str, campaign_id: str, now: datetime
+) -> datetime | None:
+    """When the buyer's earliest live hold lapses (None when nothing is held for them)."""
     r = reservations
     found: datetime | None = session.execute(
         select(func.min(r.c.hold_expires_at)).where(
-            r.c.buyer == buyer, r.c.campaign_id == campaign_id, r.c.state == "awaiting_payment"
+            r.c.buyer == buyer,
+            r.c.campaign_id == campaign_id,
+            r.c.state == "awaiting_payment",
+            r.c.hold_expires_at > now,
         )
     ).scalar_one()
     return found
@@ -213,7 +219,7 @@ def topup(site: Site, token: str, amount_text: str | None) -> Response:
     now = site.clock()
     with site.factory() as session:
         suggested = max(_amount_due(session, link.buyer, campaign), campaign.topup_min)
-        hold_deadline = _hold_deadline(session, link.buyer, campaign.id)
+        hold_deadline = _hold_deadline(session, link.buyer, campaign.id, now)
     suggested = min(suggested, campaign.topup_max)
     if amount_text is None or amount_text == "":
         return _page("Top up", _topup_form(token, campaign, suggested), lang=campaign.language)
@@ -343,6 +349,7 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
     if isinstance(found, HTMLResponse):
         return found
     link, _brand, campaign = found
+    now = site.clock()
     r = reservations
     with site.factory() as session:
         balance = ledger.available(session, link.buyer, campaign.currency)
@@ -395,11 +402,13 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
         parts.append("<h2>Your reservations</h2><table><tr><th>Item</th><th>Status</th></tr>")
         for row in rows:
             detail = [_e(labels.get(row["state"], row["state"]))]
-            if row["state"] == "awaiting_payment":
+            if row["state"] == "awaiting_payment" and row["hold_expires_at"] > now:
                 detail.append(
                     f"pay {_e(money(int(row['amount']), campaign))} by "
                     f"<b>{_e(_when(row['hold_expires_at'], campaign))}</b>"
                 )
+            elif row["state"] == "awaiting_payment":
+                detail.append(f"hold lapsed at {_e(_when(row['hold_expires_at'], campaign))}")
             if row["state"] == "waitlisted":
                 detail.append(f"position <b>{_e(positions[row['id']])}</b> in the queue")
             if row["reason"]:
@@ -411,14 +420,18 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
         parts.append("</table>")
     else:
         parts.append("<p>No reservations yet.</p>")
-    due = sum(int(row["amount"]) for row in rows if row["state"] == "awaiting_payment")
+    due = sum(
+        int(row["amount"])
+        for row in rows
+        if row["state"] == "awaiting_payment" and row["hold_expires_at"] > now
+    )
     if due > balance:
         amount = min(max(due - balance, campaign.topup_min), campaign.topup_max)
         href = f"/topup/{token}?amount={amount}"
         parts.append(
             f'<p><a class="button" href="{_e(href)}">Top up {_e(money(amount, campaign))}</a></p>'
         )
-    parts.append(f"<p><small>Updated {_e(_when(site.clock(), campaign))}</small></p>")
+    parts.append(f"<p><small>Updated {_e(_when(now, campaign))}</small></p>")
     return _page(campaign.name, "".join(parts), 200, campaign.language)
 
 
@@ -500,6 +513,7 @@ def create_app(
         stripe=stripe_client,
     )
     app = FastAPI(title="flashtag", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.site = site
 
     @app.get("/topup/{token}")
     def _topup(token: str, amount: str | None = None) -> Response:

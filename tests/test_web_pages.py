@@ -79,3 +79,11 @@ def test_campaign_page_counts_stock_and_states(shop: Shop) -> None:
 def test_healthz(shop: Shop) -> None:
     response = shop.http.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_a_lapsed_hold_is_shown_as_lapsed_not_payable(shop: Shop) -> None:
+    [held] = shop.order("mastodon:1")
+    assert held.hold_expires_at is not None
+    shop.clock.now = held.hold_expires_at
+    page = shop.http.get(f"/me/{shop.token('mastodon:1')}").text
+    assert "hold lapsed at" in page and "/topup/" not in page

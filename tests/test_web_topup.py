@@ -137,3 +137,12 @@ def test_paying_after_the_link_flow_confirms_the_order(shop: Shop) -> None:
     with shop.factory() as s:
         states = s.execute(select(reservations.c.state)).scalars().all()
     assert states == ["confirmed"]
+
+
+def test_a_lapsed_hold_does_not_shorten_the_checkout(shop: Shop) -> None:
+    [outcome] = shop.order(BUYER)
+    assert outcome.hold_expires_at is not None
+    shop.clock.now = outcome.hold_expires_at + timedelta(seconds=1)
+    shop.fake.now = shop.clock.now.timestamp()
+    response = shop.http.get(f"/topup/{shop.token(BUYER)}", params={"amount": 1000})
+    assert response.status_code == 303  # plain credit top-up, nothing to warn about
