@@ -120,6 +120,7 @@ def test_legs_must_sum_to_zero_in_the_transfer_currency(funded: Engine) -> None:
     _rejects(funded, leg + f"({t}, 'debit', {wallet}, 1000, 'USD')")
     _rejects(funded, leg + f"({t}, 'sideways', {wallet}, 1000, 'EUR')")
     _rejects(funded, leg + f"({t + 1000}, 'debit', {wallet}, 1000, 'EUR')")
+    # A leg on an account of another currency than its transfer.
     with funded.begin() as conn:
         conn.execute(
             text(
@@ -128,12 +129,41 @@ def test_legs_must_sum_to_zero_in_the_transfer_currency(funded: Engine) -> None:
             )
         )
         usd = conn.execute(text("SELECT id FROM wallet_accounts WHERE owner = 'x:9'")).scalar_one()
-    # A leg on an account of another currency than its transfer.
-    with funded.begin() as conn:
-        conn.execute(text(f"DELETE FROM wallet_legs WHERE transfer_id = {t} AND side = 'credit'"))
-        with pytest.raises(IntegrityError), conn.begin_nested():
-            conn.execute(text(leg + f"({t}, 'credit', {usd}, 1000, 'EUR')"))
-        conn.rollback()
+        conn.execute(
+            text(
+                "INSERT INTO wallet_transfers (ref, kind, currency, amount, state, created_at, "
+                f"resolved_at) VALUES ('bare', 'topup', 'EUR', 1000, 'posted', '{NOW}', '{NOW}')"
+            )
+        )
+        bare = conn.execute(text("SELECT id FROM wallet_transfers WHERE ref='bare'")).scalar_one()
+    _rejects(funded, leg + f"({bare}, 'credit', {usd}, 1000, 'EUR')")
+    _rejects(funded, leg + f"({bare}, 'credit', {usd}, 1000, 'USD')")
+
+
+def test_the_ledger_is_append_only(funded: Engine) -> None:
+    ids = _ids(funded)
+    t = ids["topup"]
+    _rejects(funded, "DELETE FROM wallet_legs WHERE transfer_id = :id", id=t)
+    _rejects(funded, "DELETE FROM wallet_transfers WHERE ref = 'h1'")
+    _rejects(funded, "DELETE FROM wallet_accounts WHERE kind = 'sales'")
+    _rejects(funded, "UPDATE wallet_legs SET side = 'debit' WHERE transfer_id = :id", id=t)
+    _rejects(funded, "UPDATE wallet_accounts SET owner = 'x:2' WHERE kind = 'wallet'")
+    _rejects(funded, "UPDATE wallet_accounts SET currency = 'USD' WHERE kind = 'sales'")
+    # A settled transfer is final; a pending hold may only change state.
+    _rejects(funded, "UPDATE wallet_transfers SET state = 'voided' WHERE ref = 'cs_1'")
+    _rejects(funded, "UPDATE wallet_transfers SET ref = 'cs_2' WHERE ref = 'cs_1'")
+    _rejects(funded, "UPDATE wallet_transfers SET expires_at = NULL WHERE ref = 'h1'")
+    _rejects(funded, "UPDATE wallet_transfers SET kind = 'refund' WHERE ref = 'h1'")
+    from sqlalchemy.orm import Session
+
+    with Session(funded) as s:
+        ledger.void_hold(s, "h1", at=T0)
+        s.commit()
+    _rejects(funded, "UPDATE wallet_transfers SET state = 'pending' WHERE ref = 'h1'")
+    _rejects(
+        funded,
+        "UPDATE wallet_transfers SET state = 'posted', resolved_at = created_at WHERE ref = 'h1'",
+    )
 
 
 def test_amounts_on_a_transfer_cannot_drift_from_its_legs(funded: Engine) -> None:
@@ -146,15 +176,26 @@ def test_audit_reports_what_constraints_cannot_see(funded: Engine) -> None:
     """A missing leg, or totals that disagree with the legs, are caught by the audit."""
     from sqlalchemy.orm import Session
 
-    t = _ids(funded)["topup"]
+    wallet = _ids(funded)["wallet"]
     with funded.begin() as conn:
         conn.execute(
-            text("DELETE FROM wallet_legs WHERE transfer_id = :id AND side = 'debit'"), {"id": t}
+            text(
+                "INSERT INTO wallet_transfers (ref, kind, currency, amount, state, created_at, "
+                f"resolved_at) VALUES ('one-legged', 'topup', 'EUR', 5, 'posted', '{NOW}', '{NOW}')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO wallet_legs (transfer_id, side, account_id, amount, currency) "
+                "SELECT id, 'credit', :wallet, 5, 'EUR' FROM wallet_transfers "
+                "WHERE ref = 'one-legged'"
+            ),
+            {"wallet": wallet},
         )
     with Session(funded) as s:
         problems = ledger.audit(s)
-    assert any("cs_1: missing its debit or credit leg" in p for p in problems)
-    assert any("clearing:stripe EUR: totals" in p for p in problems)
+    assert any("one-legged: missing its debit or credit leg" in p for p in problems)
+    assert any("wallet:mastodon:42 EUR: totals 1000/0/0/300 differ" in p for p in problems)
     with funded.begin() as conn:
         conn.execute(
             text(
@@ -163,7 +204,10 @@ def test_audit_reports_what_constraints_cannot_see(funded: Engine) -> None:
         )
     with Session(funded) as s:
         problems = ledger.audit(s)
-    assert any("wallet:mastodon:42 EUR: totals 1001/0/0/300" in p for p in problems)
+    assert any(
+        "wallet:mastodon:42 EUR: totals 1001/0/0/300 differ from its legs 1005" in p
+        for p in problems
+    )
     assert any("EUR: posted balances sum to 1" in p for p in problems)
 
 

@@ -12,7 +12,11 @@ core rules:
   amount and currency (a composite foreign key onto the transfer), so its legs sum to zero;
 - a leg's account is in the transfer's currency (a composite foreign key onto the account);
 - only a purchase can be pending or voided; a pending transfer has an expiry and no resolution
-  time, a settled one has its resolution time.
+  time, a settled one has its resolution time;
+- the ledger is append-only (triggers, on SQLite and PostgreSQL): no transfer, leg or account is
+  ever deleted; a leg never changes; a transfer's ref, kind, currency, amount and times never
+  change; a posted or voided transfer is final (only pending -> posted | voided); an account
+  never changes its kind, owner or currency.
 
 What a CHECK cannot see across rows (both legs present; the running totals equal the sums of
 the legs) is verified by `wallet.ledger.audit`.
@@ -34,8 +38,9 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    event,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
 from config.database import new_metadata
@@ -163,3 +168,97 @@ legs = Table(
     ),
 )
 Index("ix_wallet_legs_account_id", legs.c.account_id)
+
+
+# -- append-only triggers -----------------------------------------------------------------------
+# CHECK constraints see one row; these see the change. Alembic's autogenerate does not emit
+# triggers: a migration creating these tables must call `install_triggers(op.get_bind())`.
+
+_TRANSFER_CHANGED = (
+    "OLD.state <> 'pending' OR NEW.ref <> OLD.ref OR NEW.kind <> OLD.kind "
+    "OR NEW.currency <> OLD.currency OR NEW.amount <> OLD.amount "
+    "OR NEW.created_at <> OLD.created_at "
+    "OR NEW.expires_at IS NOT OLD.expires_at"
+)
+_ACCOUNT_CHANGED = "NEW.kind <> OLD.kind OR NEW.owner <> OLD.owner OR NEW.currency <> OLD.currency"
+_GUARDS = (
+    # (trigger, table, event, condition or None, message)
+    (
+        "wallet_transfers_final",
+        "wallet_transfers",
+        "UPDATE",
+        _TRANSFER_CHANGED,
+        "wallet_transfers: only a pending transfer may change, and only its state",
+    ),
+    (
+        "wallet_transfers_kept",
+        "wallet_transfers",
+        "DELETE",
+        None,
+        "wallet_transfers: the ledger is append-only",
+    ),
+    ("wallet_legs_fixed", "wallet_legs", "UPDATE", None, "wallet_legs: legs never change"),
+    ("wallet_legs_kept", "wallet_legs", "DELETE", None, "wallet_legs: the ledger is append-only"),
+    (
+        "wallet_accounts_fixed",
+        "wallet_accounts",
+        "UPDATE",
+        _ACCOUNT_CHANGED,
+        "wallet_accounts: kind, owner and currency never change",
+    ),
+    (
+        "wallet_accounts_kept",
+        "wallet_accounts",
+        "DELETE",
+        None,
+        "wallet_accounts: the ledger is append-only",
+    ),
+)
+
+
+def _sqlite_ddl() -> list[str]:
+    out = []
+    for name, table, op, condition, message in _GUARDS:
+        when = f" WHEN {condition}" if condition else ""
+        out.append(
+            f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {table} FOR EACH ROW{when} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        )
+    return out
+
+
+def _pg_ddl() -> list[str]:
+    out = [
+        "CREATE OR REPLACE FUNCTION wallet_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation', "
+        "MESSAGE = TG_ARGV[0]; END $$"
+    ]
+    for name, table, op, condition, message in _GUARDS:
+        # IS NOT is SQLite's null-safe comparison; PostgreSQL spells it IS DISTINCT FROM.
+        when = f" WHEN ({condition.replace(' IS NOT ', ' IS DISTINCT FROM ')})" if condition else ""
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        out.append(
+            f"CREATE TRIGGER {name} BEFORE {op} ON {table} FOR EACH ROW{when} "
+            f"EXECUTE FUNCTION wallet_refuse('{message}')"
+        )
+    return out
+
+
+def install_triggers(connection: Connection) -> None:
+    """Create the append-only triggers (idempotent) on SQLite or PostgreSQL."""
+    if connection.dialect.name == "sqlite":
+        statements = _sqlite_ddl()
+    elif connection.dialect.name == "postgresql":
+        statements = _pg_ddl()
+    else:
+        return
+    for statement in statements:
+        connection.exec_driver_sql(statement)
+
+
+def _after_create(_target: object, connection: Connection, **_kw: object) -> None:
+    install_triggers(connection)
+
+
+# `legs` is created last (it references the other two), so every guarded table exists by then.
+event.listen(legs, "after_create", _after_create)
