@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
 import tweepy
 
+from config.brand import XAccount
 from connectors.base import (
     AuthFailed,
     Connector,
@@ -317,3 +319,38 @@ def _posts(page: Any) -> list[tuple[str, Post]]:
         except PayloadError as exc:
             log.warning("skipping a malformed tweet: %s", exc)
     return posts
+
+
+def connector_for_account(
+    account: XAccount,
+    *,
+    account_key: str,
+    clock: Clock | None = None,
+    initial_cursor: str | None = None,
+    hashtag: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> XConnector:
+    """An `XConnector` for a brand file's `[accounts.x]`, its tokens read from the environment
+    variables the file names (no I/O until `initialize()`)."""
+    env = os.environ if environ is None else environ
+
+    def secret(name: str | None) -> str | None:
+        return env.get(name) or None if name else None
+
+    bearer = secret(account.bearer_token_env)
+    if bearer is None:
+        raise AuthFailed(f"environment variable {account.bearer_token_env} is not set")
+    return XConnector(
+        account_key=account_key,
+        bearer_token=bearer,
+        user_id=account.user_id,
+        username=account.username,
+        consumer_key=secret(account.consumer_key_env),
+        consumer_secret=secret(account.consumer_secret_env),
+        access_token=secret(account.access_token_env),
+        access_token_secret=secret(account.access_token_secret_env),
+        hashtag=hashtag,
+        filtered_stream=account.filtered_stream,
+        clock=clock,
+        initial_cursor=initial_cursor,
+    )

@@ -227,3 +227,17 @@ def test_a_duplicate_reply_is_rejected_not_retried() -> None:
     )
     with pytest.raises(Rejected):
         c.send(OutgoingMessage(text="same", visibility="public", idempotency_key="k"))
+
+
+def test_a_brand_files_x_account_becomes_a_connector_without_network() -> None:
+    from config.brand import XAccount
+    from connectors.base import AuthFailed
+    from connectors.twitter import connector_for_account
+
+    account = XAccount(username="shop", user_id=BOT, bearer_token_env="SHOP_X_BEARER")
+    c = connector_for_account(
+        account, account_key="demo:x", environ={"SHOP_X_BEARER": "b"}, initial_cursor="5"
+    )
+    assert c.user_id == BOT and c.cursor == "5" and c.account_key == "demo:x"
+    with pytest.raises(AuthFailed):
+        connector_for_account(account, account_key="demo:x", environ={})
