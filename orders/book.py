@@ -86,7 +86,7 @@ class Book:
     now: datetime
     rules: dict[str, CampaignRules] = field(default_factory=dict)
     stock: dict[tuple[str, str], Stock] = field(default_factory=dict)
-    transitions: list[tuple[int, str, str, datetime, str]] = field(default_factory=list)
+    transitions: list[tuple[int, str, str, str]] = field(default_factory=list)
     outcomes: list[tuple[tuple[int, int], Outcome]] = field(default_factory=list)
     _seq: int = 0
 
@@ -125,7 +125,7 @@ class Book:
         self.outcomes.append(((order if order is not None else 1 << 60, self._seq), outcome))
 
     def transition(self, reservation_id: int, before: str, after: str, cause: str) -> None:
-        self.transitions.append((reservation_id, before, after, self.now, cause))
+        self.transitions.append((reservation_id, before, after, cause))
 
     def close(self) -> list[Outcome]:
         """Write the counters (SKU order, conditional) and transitions; return the outcomes."""
@@ -159,8 +159,9 @@ class Book:
         insert_rows(
             self.session,
             transitions,
-            ("reservation_id", "from_state", "to_state", "at", "cause"),
+            ("reservation_id", "from_state", "to_state", "cause"),
             self.transitions,
+            constants={"at": self.now},
         )
         self.transitions = []
         out = [o for _, o in sorted(self.outcomes, key=lambda item: item[0])]

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_rows, is_postgres, one_of, update_rows
+from orders.bulk import insert_rows, matching, update_rows
 from orders.commands import Command
 from orders.lifecycle import cancel, due_reminders, expire_holds, joined, promote, settle_buyer
 from orders.outcomes import Outcome
@@ -43,17 +43,10 @@ POST_COLUMNS = (
     "post_id",
     "campaign_id",
     "buyer",
-    "handle",
     "posted_at",
     "decision",
     "reason",
-    "sku",
     "quantity",
-    "attempts",
-    "lang",
-    "visibility",
-    "seen_at",
-    "deleted_at",
 )
 
 Key = tuple[str, str]
@@ -102,24 +95,17 @@ def apply(session: Session, batch: Sequence[Command], *, now: datetime) -> list[
     return book.close()
 
 
-def _post_row(cmd: Command, now: datetime, *, deleted: bool = False) -> tuple[Any, ...]:
+def _post_row(cmd: Command) -> tuple[Any, ...]:
     d = cmd.decision
     return (
         cmd.platform,
         cmd.post_id,
         cmd.campaign_id,
         cmd.buyer,
-        cmd.handle,
         cmd.posted_at,
-        "deleted" if deleted else d.decision,
+        d.decision,
         d.reason,
-        d.sku,
         d.quantity,
-        1,
-        d.lang,
-        cmd.visibility,
-        now,
-        cmd.posted_at if deleted else None,
     )
 
 
@@ -131,8 +117,13 @@ def existing_posts(session: Session, keys: Sequence[Key], *columns: Any) -> dict
     found: dict[Key, Row[Any]] = {}
     for platform, ids in sorted(by_platform.items()):
         rows = session.execute(
-            select(posts.c.platform, posts.c.post_id, *columns).where(
-                posts.c.platform == platform, one_of(session, posts.c.post_id, ids)
+            matching(
+                session,
+                select(posts.c.platform, posts.c.post_id, *columns).where(
+                    posts.c.platform == platform
+                ),
+                posts.c.post_id,
+                ids,
             )
         )
         found.update({(r.platform, r.post_id): r for r in rows})
@@ -140,34 +131,37 @@ def existing_posts(session: Session, keys: Sequence[Key], *columns: Any) -> dict
 
 
 def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[Indexed]:
-    """Insert post rows; returns the items that are new, emitting `duplicate` for the rest."""
+    """Insert post rows; returns the items that are new, emitting `duplicate` for the rest.
+
+    Existing keys are looked up first (one index probe per post) and only new posts inserted.
+    The stock lock taken by `Book.open` serialises every batch of the campaign, so no other
+    worker inserts the same post in between; if one somehow did, the primary key rejects the
+    row and the whole batch rolls back, to be retried.
+    """
     if not items:
         return []
     session = book.session
-    rows = [_post_row(cmd, book.now, deleted=deleted) for _, cmd in items]
-    if is_postgres(session):
-        inserted: set[Key] = {
-            (str(r.platform), str(r.post_id))
-            for r in insert_rows(
-                session,
-                posts,
-                POST_COLUMNS,
-                rows,
-                skip_existing=True,
-                returning=("platform", "post_id"),
-            )
-        }
-    else:
-        known = existing_posts(session, [(c.platform, c.post_id) for _, c in items])
-        rows = [row for row in rows if (row[0], row[1]) not in known]
-        insert_rows(session, posts, POST_COLUMNS, rows)
-        inserted = {(row[0], row[1]) for row in rows}
-    fresh: list[Indexed] = []
+    known = existing_posts(session, [(c.platform, c.post_id) for _, c in items])
+    fresh = [(i, c) for i, c in items if (c.platform, c.post_id) not in known]
     for i, cmd in items:
-        if (cmd.platform, cmd.post_id) in inserted:
-            fresh.append((i, cmd))
-        else:
+        if (cmd.platform, cmd.post_id) in known:
             book.emit(outcome_for(cmd, "duplicate"), i)
+    if deleted:
+        insert_rows(
+            session,
+            posts,
+            (*POST_COLUMNS, "deleted_at"),
+            [(*_post_row(c), c.posted_at) for _, c in fresh],
+            constants={"attempts": 1, "seen_at": book.now},
+        )
+        return fresh
+    insert_rows(
+        session,
+        posts,
+        POST_COLUMNS,
+        [_post_row(c) for _, c in fresh],
+        constants={"attempts": 1, "seen_at": book.now},
+    )
     return fresh
 
 
@@ -210,8 +204,13 @@ def _apply_edits(book: Book, items: list[Indexed]) -> list[Indexed]:
         by_platform[platform].append(post_id)
     for platform, ids in by_platform.items():
         for used in session.execute(
-            select(reservations.c.post_id, reservations.c.part, reservations.c.state).where(
-                reservations.c.platform == platform, one_of(session, reservations.c.post_id, ids)
+            matching(
+                session,
+                select(reservations.c.post_id, reservations.c.part, reservations.c.state).where(
+                    reservations.c.platform == platform
+                ),
+                reservations.c.post_id,
+                ids,
             )
         ):
             key = (platform, used.post_id)
@@ -242,10 +241,8 @@ def _apply_edits(book: Book, items: list[Indexed]) -> list[Indexed]:
                     cmd.posted_at,
                     d.decision,
                     d.reason,
-                    d.sku,
                     d.quantity,
                     row.attempts + 1,
-                    d.lang,
                 )
             )
             again.append((i, cmd))
@@ -253,7 +250,7 @@ def _apply_edits(book: Book, items: list[Indexed]) -> list[Indexed]:
         session,
         posts,
         ("platform", "post_id"),
-        ("posted_at", "decision", "reason", "sku", "quantity", "attempts", "lang"),
+        ("posted_at", "decision", "reason", "quantity", "attempts"),
         updates,
     )
     # A never-seen post arrives first as an edit: it is a new post, stamped with its edit time.
@@ -270,13 +267,20 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
     session = book.session
     campaign_ids = sorted({c.campaign_id for _, c in items})
     buyers = sorted({c.buyer for _, c in items})
-    rows = session.execute(
-        joined(
-            reservations.c.campaign_id.in_(campaign_ids),
-            one_of(session, reservations.c.buyer, buyers),
-            reservations.c.state.in_(LIVE_STATES),
-        ).order_by(reservations.c.posted_at, reservations.c.post_id, reservations.c.part)
-    ).all()
+    rows = sorted(
+        session.execute(
+            matching(
+                session,
+                joined(
+                    reservations.c.campaign_id.in_(campaign_ids),
+                    reservations.c.state.in_(LIVE_STATES),
+                ),
+                reservations.c.buyer,
+                buyers,
+            )
+        ),
+        key=lambda r: (r.posted_at, r.post_id, r.part),
+    )
     done: set[int] = set()
     for i, cmd in sorted(items, key=lambda item: (item[1].posted_at, item[1].post_id)):
         sku = cmd.decision.sku
@@ -330,13 +334,15 @@ def _apply_deletes(book: Book, items: list[Indexed]) -> None:
         by_platform[platform].append(post_id)
     live: dict[Key, list[Row[Any]]] = defaultdict(list)
     for platform, ids in by_platform.items():
-        for row in session.execute(
-            joined(
-                reservations.c.platform == platform,
-                one_of(session, reservations.c.post_id, ids),
-                reservations.c.state.in_(LIVE_STATES),
-            ).order_by(reservations.c.part)
-        ):
+        parts = session.execute(
+            matching(
+                session,
+                joined(reservations.c.platform == platform, reservations.c.state.in_(LIVE_STATES)),
+                reservations.c.post_id,
+                ids,
+            )
+        )
+        for row in sorted(parts, key=lambda r: r.part):
             live[(platform, row.post_id)].append(row)
     for key, (i, cmd) in sorted(targets.items(), key=lambda kv: kv[1][0]):
         rows = live.get(key)
@@ -360,25 +366,30 @@ def _answer(book: Book, items: list[Indexed]) -> None:
     status = [(i, c) for i, c in items if c.decision.decision == "status"]
     mine: dict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
     if status:
-        for row in session.execute(
-            select(
-                reservations.c.campaign_id,
+        found = session.execute(
+            matching(
+                session,
+                select(
+                    reservations.c.campaign_id,
+                    reservations.c.buyer,
+                    reservations.c.sku,
+                    reservations.c.quantity,
+                    reservations.c.state,
+                    reservations.c.posted_at,
+                    reservations.c.part,
+                    reservations.c.hold_expires_at,
+                    reservations.c.amount,
+                    reservations.c.queue_ticket,
+                ).where(
+                    reservations.c.campaign_id.in_(sorted({c.campaign_id for _, c in status})),
+                    reservations.c.state.in_(LIVE_STATES),
+                ),
                 reservations.c.buyer,
-                reservations.c.sku,
-                reservations.c.quantity,
-                reservations.c.state,
-                reservations.c.hold_expires_at,
-                reservations.c.amount,
-                reservations.c.queue_ticket,
+                sorted({c.buyer for _, c in status}),
             )
-            .where(
-                reservations.c.campaign_id.in_(sorted({c.campaign_id for _, c in status})),
-                one_of(session, reservations.c.buyer, sorted({c.buyer for _, c in status})),
-                reservations.c.state.in_(LIVE_STATES),
-            )
-            .order_by(reservations.c.posted_at, reservations.c.part)
-        ):
-            mine[(row.campaign_id, row.buyer)].append(row)  # type: ignore[arg-type]
+        )
+        for row in sorted(found, key=lambda r: (r.posted_at, r.part)):
+            mine[(row.campaign_id, row.buyer)].append(row)
     for i, cmd in items:
         d = cmd.decision
         rules = book.rules[cmd.campaign_id]

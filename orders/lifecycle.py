@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -25,36 +25,32 @@ from orders.campaigns import read_rules
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge, refund, void
 from orders.placing import RESERVATION_COLUMNS, hold_expiry
-from orders.tables import ALLOCATED_STATES, campaigns, posts, reservations
+from orders.tables import ALLOCATED_STATES, campaigns, reservations
 
 r_ = reservations.c
 
 
 def joined(*where: Any) -> Select[Any]:
-    """Reservations with the facts of their post needed to reply (handle, language, visibility)."""
-    return (
-        select(
-            r_.id,
-            r_.campaign_id,
-            r_.platform,
-            r_.post_id,
-            r_.part,
-            r_.buyer,
-            r_.sku,
-            r_.quantity,
-            r_.state,
-            r_.amount,
-            r_.payment,
-            r_.posted_at,
-            r_.hold_expires_at,
-            r_.queue_ticket,
-            posts.c.handle,
-            posts.c.lang,
-            posts.c.visibility,
-        )
-        .join(posts, and_(posts.c.platform == r_.platform, posts.c.post_id == r_.post_id))
-        .where(*where)
-    )
+    """Reservations with what it takes to answer their buyer."""
+    return select(
+        r_.id,
+        r_.campaign_id,
+        r_.platform,
+        r_.post_id,
+        r_.part,
+        r_.buyer,
+        r_.handle,
+        r_.lang,
+        r_.visibility,
+        r_.sku,
+        r_.quantity,
+        r_.state,
+        r_.amount,
+        r_.payment,
+        r_.posted_at,
+        r_.hold_expires_at,
+        r_.queue_ticket,
+    ).where(*where)
 
 
 def row_outcome(row: Row[Any], kind: OutcomeKind, **fields: Any) -> Outcome:
@@ -161,14 +157,14 @@ def promote(book: Book) -> None:
                     row.post_id,
                     last + 1,
                     row.buyer,
+                    row.handle,
+                    row.lang,
+                    row.visibility,
                     sku,
                     rest,
                     "waitlisted",
                     None,
-                    "split",
                     row.posted_at,
-                    now,
-                    now,
                     None,
                     None,
                     row.queue_ticket,
@@ -176,7 +172,13 @@ def promote(book: Book) -> None:
                     None,
                 )
             )
-        insert_rows(session, reservations, RESERVATION_COLUMNS, split_rows)
+        insert_rows(
+            session,
+            reservations,
+            RESERVATION_COLUMNS,
+            split_rows,
+            constants={"cause": "split", "created_at": now, "updated_at": now},
+        )
 
         charges = [
             Charge(

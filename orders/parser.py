@@ -117,7 +117,7 @@ _KANA_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff]")
 _HAN_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # A Latin "word character" for whole-word matching. CJK letters are deliberately not in it, so
 # `32g黑色` still has the whole word `32g` in it.
-_LW = r"0-9a-z_\u00c0-\u024f"
+_LW = r"0-9a-z_\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"  # Latin letters, not × or ÷
 
 
 # Characters the normaliser touches: Unicode format characters (Cf: zero-width spaces and
@@ -149,19 +149,24 @@ def _drop_control(match: re.Match[str]) -> str:
 _HASHTAG_RE = re.compile(r"#([\w·]+)")
 _TAGS_AND_MENTIONS_RE = re.compile(r"#[\w·]+#?|@[0-9a-z_.\-]+(?:@[0-9a-z_\-]+(?:\.[0-9a-z_\-]+)+)?")
 
+# Measures written after a number that make it not a quantity: "16gb", "32 G", "6inch", "500元".
+_MEASURES = "gb|g|tb|mb|gig|inch|mah|mm|cm"
+_MEASURE_MARKS = "寸元円块%"
+_MANY = "many|some|several|few|lots?|all|half"
+
 _QUANTITY_RE = re.compile(
     rf"""
     (?:
         (?:(?<![{_LW}])[x×]|×)\s*                       # x2, × 2
         (?P<pre>[-−+]?\d+(?:[.,/⁄]\d+)?)
-        (?![{_LW}.,/⁄:])
+        (?![{_LW}]|[.,/⁄:]\d|\s*(?:{_MEASURES})(?![a-z])|\s*[{_MEASURE_MARKS}])
     |
-        (?<![{_LW}.,/⁄:\-−+])
+        (?<![{_LW}\-−+])(?<!\d[.,/⁄:])
         (?P<num>[-−+]?\d+(?:[.,/⁄]\d+)?)
         (?:
-            \s*(?P<unit>pcs|pc|units?|x|×)(?![{_LW}])   # 2 pcs, 2x
+            (?P<unit>\s*(?:pcs|pc|units?)|x|×)(?![{_LW}])   # 2 pcs, 2x
             | \s*[{COUNTERS}]                          # 2台
-            | (?![{_LW}.,/⁄:]|\s*(?:gb|g|tb|mb|gig|inch|in|mah|mm|cm|寸|元|円|块|%)(?![a-z]))
+            | (?![{_LW}]|[.,/⁄:]\d|\s*(?:{_MEASURES})(?![a-z])|\s*[{_MEASURE_MARKS}])
         )
     |
         (?<![a-z])(?P<word>zero|one|two|three|four|five|six|seven|eight|nine|ten)(?![a-z])
@@ -169,8 +174,8 @@ _QUANTITY_RE = re.compile(
         (?P<cjk>[零〇一二两兩三四五六七八九十])[{COUNTERS}つ]
     |
         (?P<bad>(?:几|幾|何|多少|半)[{COUNTERS}]
-            |(?:many|some|several|few|lots?|all|half)\s*(?:pcs|units?)(?![a-z])
-            |×\s*(?![-−+]?\d)[a-z\u3040-\u9fff])
+            |(?<![a-z])(?:{_MANY})\s*(?:pcs|units?)(?![a-z])
+            |(?<!\d)×(?![-−+]?\d)[a-z\u3040-\u9fff])
     )
     """,
     re.VERBOSE,
@@ -181,7 +186,7 @@ _AMOUNT_RE = re.compile(
     [\s:=]*
     (?:[¥$€£]|cny|rmb|usd|jpy|eur|gbp)?\s*
     (?P<num>[-−+]?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?)
-    (?![{_LW}.,]|\s*(?:gb|g)(?![a-z]))
+    (?![{_LW}]|[.,]\d|\s*(?:gb|g)(?![a-z]))
     """,
     re.VERBOSE,
 )
@@ -239,7 +244,7 @@ def _alternation(words: Iterable[str], *, spaced_units: bool = False) -> str:
         pattern = r"\s+".join(re.escape(part) for part in word.split())
         if spaced_units:
             # "32gb" also matches "32 gb"
-            pattern = re.sub(r"^(\d+)([a-z]+)$", r"\1\\s*\2", pattern)
+            pattern = re.sub(rf"^(\d+)({_MEASURES})$", r"\1\\s*\2", pattern)
         latin.append(pattern)
     parts = []
     if latin:
@@ -279,7 +284,7 @@ class Grammar:
     mention_patterns: Mapping[str, re.Pattern[str]]  # platform -> "@bot" in plain text
     command_pattern: re.Pattern[str]
     command_of: Mapping[str, DecisionKind]
-    command_heads: frozenset[str]  # first words of multi-word command words ("top" of "top up")
+    command_heads: re.Pattern[str]  # a token ending in the first word of "top up" etc.
     order_words: frozenset[str]
     variants: _Variants
     single_sku: str | None
@@ -295,6 +300,7 @@ class Grammar:
 
 
 _MEMO_LIMIT = 100_000
+_HUGE = 10**18
 
 
 def _accounts(brand: Brand) -> dict[str, frozenset[str]]:
@@ -338,7 +344,7 @@ def _compile_variants(campaign: Campaign) -> _Variants:
             for word in words:
                 groups_of.setdefault(_squash(word), set()).add(gid)
         products.append((product.sku, frozenset(required)))
-    storage = re.compile(r"^\d+(?:gb|g|tb|mb)$")
+    storage = re.compile(rf"^\d+(?:{_MEASURES})$")
     all_words = sorted({w for words in group_ids for w in words})
     digit_words = frozenset(
         w for w in all_words if any(c.isdigit() for c in w) and not storage.match(w)
@@ -378,7 +384,9 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
         mention_patterns={p: _mention_pattern(names) for p, names in accounts.items()},
         command_pattern=re.compile(_alternation(command_of)),
         command_of=command_of,
-        command_heads=frozenset(w.split()[0] for w in command_of if " " in w),
+        command_heads=re.compile(
+            f"(?:{_alternation(w.split()[0] for w in command_of if ' ' in w)})$"
+        ),
         order_words=frozenset(order_words),
         variants=variants,
         single_sku=campaign.products[0].sku if len(campaign.products) == 1 else None,
@@ -477,6 +485,9 @@ def _amount(rest: str, grammar: Grammar) -> int | str | None:
             return BAD_AMOUNT
         number = number[1:]
     whole, _, fraction = number.partition(".")
+    whole = whole.lstrip("0") or "0"
+    if len(whole) > 18:
+        return AMOUNT_OUT_OF_RANGE
     digits = grammar.minor_digits
     if len(fraction) > digits and fraction[digits:].strip("0"):
         return BAD_AMOUNT
@@ -510,7 +521,9 @@ def _quantities(text: str) -> tuple[frozenset[int], bool]:
             value = pre or num
             if value[0] in "-−" or not value.lstrip("+").isdigit():
                 return frozenset(found), True
-            found.add(int(value))
+            digits = value.lstrip("+").lstrip("0") or "0"
+            # Beyond any limit; int() of thousands of digits is slow and refused past 4300.
+            found.add(int(digits) if len(digits) <= 18 else _HUGE)
     return frozenset(found), False
 
 
@@ -566,21 +579,22 @@ def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
 
 
 # What one whitespace-separated token means: (has a command word, variant groups, quantities,
-# malformed quantity, joins the next token). A token that ends in a number joins a following
-# unit ("16 gb" is storage, "2 台" a quantity), one that ends in "×" joins whatever follows.
+# malformed quantity, joins the next token). Only two readings look across whitespace, so only
+# they join tokens: a number before a measure ("16 gb" is storage, not 16 units) and "many pcs".
 _Token = tuple[bool, frozenset[int], frozenset[int], bool, int]
-_UNIT_START_RE = re.compile(
-    r"(?:gb|g|tb|mb|gig|inch|mah|mm|cm|pcs|pc|units?|x|×)(?![a-z])|[寸元円块%台個个部つ]"
-)
-_MANY_END_RE = re.compile(r"(?<![a-z])(?:many|some|several|few|lots?|all|half)$")
+_MEASURE_START_RE = re.compile(rf"(?:{_MEASURES})(?![a-z])|[{_MEASURE_MARKS}]")
+_PIECES_START_RE = re.compile(r"(?:pcs|units?)(?![a-z])")
+_MANY_END_RE = re.compile(rf"(?<![a-z])(?:{_MANY})$")
+_JOINS = (_MEASURE_START_RE, _MEASURE_START_RE, _PIECES_START_RE)
 
 
 def _learn(token: str, grammar: Grammar) -> _Token:
     quantities, bad = _quantities(_without_digit_words(token, grammar))
     last = token[-1]
-    join = 1 if last.isdigit() else 2 if last == "×" else 1 if _MANY_END_RE.search(token) else 0
+    join = 1 if last.isdigit() else 2 if _MANY_END_RE.search(token) else 0
     meaning = (
-        grammar.command_pattern.search(token) is not None or token in grammar.command_heads,
+        grammar.command_pattern.search(token) is not None
+        or grammar.command_heads.search(token) is not None,
         _groups(token, grammar),
         quantities,
         bad,
@@ -607,11 +621,9 @@ def _order_by_token(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | 
     while index < count:
         token = tokens[index]
         meaning = known.get(token) or _learn(token, grammar)
-        while (
-            meaning[4]
-            and index + 1 < count
-            and (meaning[4] == 2 or _UNIT_START_RE.match(tokens[index + 1]) is not None)
-        ):
+        while meaning[4] and index + 1 < count:
+            if _JOINS[meaning[4]].match(tokens[index + 1]) is None:
+                break
             index += 1
             token += tokens[index]
             meaning = known.get(token) or _learn(token, grammar)

@@ -17,12 +17,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_rows, next_ids, one_of
+from orders.bulk import insert_rows, matching, next_ids
 from orders.commands import Command
 from orders.outcomes import Outcome
 from orders.payments import Charge, balances, charge
 from orders.tables import LIVE_STATES, reservations
 
+# Every column of a new reservation but `cause`, `created_at` and `updated_at`, which are the
+# same for a whole batch and bound once.
 RESERVATION_COLUMNS = (
     "id",
     "campaign_id",
@@ -30,14 +32,14 @@ RESERVATION_COLUMNS = (
     "post_id",
     "part",
     "buyer",
+    "handle",
+    "lang",
+    "visibility",
     "sku",
     "quantity",
     "state",
     "reason",
-    "cause",
     "posted_at",
-    "created_at",
-    "updated_at",
     "allocated_at",
     "hold_expires_at",
     "queue_ticket",
@@ -76,14 +78,18 @@ def units_reserved(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[
         return {}
     campaign_ids = sorted({c for c, _ in pairs})
     buyers = sorted({b for _, b in pairs})
+    live = matching(
+        session,
+        select(reservations.c.campaign_id, reservations.c.buyer, reservations.c.quantity).where(
+            reservations.c.campaign_id.in_(campaign_ids), reservations.c.state.in_(LIVE_STATES)
+        ),
+        reservations.c.buyer,
+        buyers,
+    ).subquery()
     rows = session.execute(
-        select(reservations.c.campaign_id, reservations.c.buyer, func.sum(reservations.c.quantity))
-        .where(
-            reservations.c.campaign_id.in_(campaign_ids),
-            one_of(session, reservations.c.buyer, buyers),
-            reservations.c.state.in_(LIVE_STATES),
+        select(live.c.campaign_id, live.c.buyer, func.sum(live.c.quantity)).group_by(
+            live.c.campaign_id, live.c.buyer
         )
-        .group_by(reservations.c.campaign_id, reservations.c.buyer)
     )
     return {(c, b): int(n) for c, b, n in rows}
 
@@ -188,14 +194,14 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
                 cmd.post_id,
                 p.part,
                 cmd.buyer,
+                cmd.handle,
+                cmd.decision.lang,
+                cmd.visibility,
                 p.sku,
                 p.quantity,
                 p.state,
                 p.reason,
-                p.request.cause,
                 cmd.posted_at,
-                now,
-                now,
                 now if p.state in ("awaiting_payment", "confirmed") else None,
                 expires,
                 p.ticket,
@@ -227,7 +233,14 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
             ),
             p.request.order,
         )
-    insert_rows(book.session, reservations, RESERVATION_COLUMNS, rows)
+    for cause in sorted({r.cause for r in requests}):
+        insert_rows(
+            book.session,
+            reservations,
+            RESERVATION_COLUMNS,
+            [row for row, p in zip(rows, parts, strict=True) if p.request.cause == cause],
+            constants={"cause": cause, "created_at": now, "updated_at": now},
+        )
 
 
 def hold_expiry(until: datetime, now: datetime) -> datetime:

@@ -135,16 +135,12 @@ posts = Table(
     Column("post_id", String(64), primary_key=True),
     Column("campaign_id", String(64), nullable=False),
     Column("buyer", String(200), nullable=False),
-    Column("handle", String(200), nullable=False),
     # The time of the current attempt: creation, or the edit that re-submitted it.
     Column("posted_at", UtcDateTime, nullable=False),
     Column("decision", String(16), nullable=False),
     Column("reason", String(64), nullable=True),
-    Column("sku", String(64), nullable=True),
-    Column("quantity", Integer, nullable=True),
+    Column("quantity", Integer, nullable=True),  # what an order post asked for
     Column("attempts", SmallInteger, nullable=False),
-    Column("lang", String(16), nullable=True),
-    Column("visibility", String(16), nullable=False),
     Column("seen_at", UtcDateTime, nullable=False),
     Column("deleted_at", UtcDateTime, nullable=True),
 )
@@ -158,6 +154,10 @@ reservations = Table(
     Column("post_id", String(64), nullable=False),
     Column("part", SmallInteger, nullable=False),
     Column("buyer", String(200), nullable=False),
+    # How to answer the buyer later (lapse, promotion): copied from the post.
+    Column("handle", String(200), nullable=False),
+    Column("lang", String(16), nullable=True),
+    Column("visibility", String(16), nullable=False),
     Column("sku", String(64), nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("state", String(20), nullable=False),
