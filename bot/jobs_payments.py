@@ -95,6 +95,7 @@ class ReconcileReport:
     seen: int = 0
     paid: int = 0
     applied: list[str] = field(default_factory=list)
+    refunds_sent: int = 0
 
 
 def reconcile_payments(
@@ -107,7 +108,8 @@ def reconcile_payments(
     public_url: str | None = None,
     signer: LinkSigner | None = None,
 ) -> ReconcileReport:
-    """Apply every paid Checkout Session of the last `hours` whose webhook never arrived.
+    """Apply every paid Checkout Session of the last `hours` whose webhook never arrived, then
+    send any cash-out refunds left pending.
 
     Stripe is listed first (no transaction open meanwhile); each missing session is then applied
     in its own transaction through `apply_topup`, the webhook's own path, so a webhook arriving
@@ -141,6 +143,12 @@ def reconcile_payments(
             if outcomes is not None:
                 report.applied.append(paid.session_id)
                 log.warning("reconciled %s: its webhook never arrived", paid.session_id)
+    # Cash-outs interrupted after the wallet was debited (Stripe down, process killed) are
+    # finished here, with their original idempotency keys.
+    try:
+        report.refunds_sent = len(send_refunds(factory, client, now=now))
+    except (StripeUnavailableError, StripeRejectedError) as exc:
+        log.error("pending cash-out refunds not sent: %s", exc)
     return report
 
 

@@ -95,3 +95,19 @@ def test_stripe_down_applies_nothing_and_says_so(shop: Shop) -> None:
         _reconcile(shop)
     assert shop.balance(BUYER) == 0
     assert _reconcile(shop) != []
+
+
+def test_reconciliation_finishes_an_interrupted_cash_out(shop: Shop) -> None:
+    from bot.jobs_payments import cash_out
+
+    shop.deliver(shop.fake.event("checkout.session.completed", shop.paid_checkout(BUYER, 2000)))
+    shop.fake.faults = ["timeout"] * 3
+    report = cash_out(
+        shop.factory, shop.stripe, buyer=BUYER, amount=800, currency="USD", now=shop.clock.now
+    )
+    assert report["pending"] == 800 and shop.fake.refunds == {}
+    reconcile_payments(shop.factory, shop.stripe, shop.brands, now=shop.clock.now)
+    assert [r["amount"] for r in shop.fake.refunds.values()] == [800]
+    reconcile_payments(shop.factory, shop.stripe, shop.brands, now=shop.clock.now)
+    assert len(shop.fake.refunds) == 1
+    assert shop.balance(BUYER) == 1200 and shop.audit() == []
