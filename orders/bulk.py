@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, Table, Text, bindparam, cast, func, select, text, true
+from sqlalchemy import DateTime, Select, Table, Text, bindparam, cast, func, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -81,6 +81,10 @@ def _jsonb_rows(
     return sql, params
 
 
+def _is_time(type_: Any) -> bool:
+    return isinstance(getattr(type_, "impl", type_), DateTime)
+
+
 def _sqlite_rows(
     table: Table,
     columns: Sequence[str],
@@ -88,7 +92,7 @@ def _sqlite_rows(
     constants: Sequence[Any] = (),
 ) -> list[tuple[Any, ...]]:
     """Rows with their datetimes as SQLite stores them, constants appended."""
-    times = [i for i, name in enumerate(columns) if table.c[name].type.python_type is datetime]
+    times = [i for i, name in enumerate(columns) if _is_time(table.c[name].type)]
     fixed = tuple(sqlite_time(v) if isinstance(v, datetime) else v for v in constants)
     if not times:
         return [(*row, *fixed) for row in rows]
