@@ -1,0 +1,166 @@
+"""A worker killed with SIGKILL in the middle of a storm, then started again, loses nothing and
+doubles nothing: every post ends up decided exactly once.
+
+The worker runs as a real `flashtag worker` process against mastodon-mock (HTTP + SSE) and a
+database; fans keep posting while it is dead, and the restarted worker backfills from its cursor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from mastodon_mock.config import SeedAccount, SeedConfig
+from mastodon_mock.testing import MockServer
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from bot import cursors
+from bot.tables import outbox_messages
+from config.database import create_engine, session_factory
+from orders.audit import audit
+from orders.tables import posts, reservations
+
+FANS = 20
+POSTS_EACH = 4
+FLASHTAG = str(Path(sys.executable).parent / "flashtag")
+
+
+def brand_file(tmp_path: Path, base_url: str) -> Path:
+    opens = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    closes = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = tmp_path / "storm.toml"
+    path.write_text(
+        f"""
+[brand]
+id = "storm"
+name = "Storm"
+
+[accounts.mastodon]
+base_url = "{base_url}"
+username = "shop"
+token_env = "RESTART_SHOP_TOKEN"
+
+[[campaigns]]
+id = "storm"
+name = "Storm"
+hashtag = "Storm"
+currency = "USD"
+opens_at = {opens}
+closes_at = {closes}
+per_buyer_limit = 2
+
+[[campaigns.products]]
+sku = "A"
+name = "Phone"
+price = 1000
+stock = 25
+"""
+    )
+    return path
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def mock() -> Iterator[MockServer]:
+    seed = SeedConfig(
+        accounts=[SeedAccount(username="shop", access_token="shop-token")]
+        + [SeedAccount(username=f"fan{i}", access_token=f"fan{i}-token") for i in range(FANS)]
+    )
+    with MockServer(seed=seed) as server:
+        yield server
+
+
+def start_worker(brand: Path, db_url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, RESTART_SHOP_TOKEN="shop-token", FLASHTAG_BRANDS=str(brand))
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [FLASHTAG, "worker", "--db", db_url, "--wait-ms", "20", "--batch", "50"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def decided(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(posts)).scalar_one())
+
+
+def test_a_killed_worker_restarts_and_every_post_is_decided_exactly_once(
+    mock: MockServer, db_url: str, tmp_path: Path
+) -> None:
+    brand = brand_file(tmp_path, mock.base_url)
+    log = tmp_path / "worker.log"
+    engine = create_engine(db_url)
+    posted: list[str] = []
+    lock = threading.Lock()
+
+    clients = [mock.client(f"fan{i}") for i in range(FANS)]
+
+    def fans(first_fan: int) -> None:  # a few clients, as the mock serves one write at a time
+        for n in range(POSTS_EACH):
+            for i in range(first_fan, FANS, 5):
+                text = "@shop #Storm" if n % 2 == 0 else f"@shop #Storm status {n}"
+                status = clients[i].status_post(text)
+                with lock:
+                    posted.append(str(status["id"]))
+
+    first = start_worker(brand, db_url, log)
+    try:
+        wait_for("the first worker to connect", lambda: "worker started" in log.read_text())
+        storm = [threading.Thread(target=fans, args=(i,)) for i in range(5)]
+        for thread in storm:
+            thread.start()
+        wait_for("the first batches", lambda: decided(engine) >= 10)
+        first.send_signal(signal.SIGKILL)  # mid-storm: no goodbye, no final batch
+        first.wait(10)
+        killed_at = decided(engine)
+        for thread in storm:
+            thread.join()
+        assert killed_at < FANS * POSTS_EACH, "the storm ended before the kill; nothing tested"
+
+        second = start_worker(brand, db_url, log)
+        try:
+            wait_for("every post decided", lambda: decided(engine) >= len(posted))
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    sessions = session_factory(engine)
+    with sessions() as session:
+        rows = session.execute(select(posts.c.post_id, posts.c.attempts)).all()
+        assert sorted(r.post_id for r in rows) == sorted(posted)  # each once, none missing
+        assert all(r.attempts == 1 for r in rows)
+        per_post = session.execute(
+            select(reservations.c.post_id, func.count()).group_by(reservations.c.post_id)
+        ).all()
+        assert all(n == 1 for _, n in per_post)
+        replies = session.execute(
+            select(outbox_messages.c.idempotency_key, func.count()).group_by(
+                outbox_messages.c.idempotency_key
+            )
+        ).all()
+        assert all(n == 1 for _, n in replies)
+        assert cursors.load(session, "storm:mastodon") is not None
+        assert audit(session) == []
+    engine.dispose()
