@@ -18,7 +18,7 @@ import html
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from config.brand import normalize_hashtag
 from connectors.post import Post, Visibility
@@ -62,11 +62,11 @@ def parse_time(value: object) -> datetime:
         raise PayloadError(f"not a timestamp: {value!r}")
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError as exc:
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise PayloadError(f"not a timestamp: {value!r}") from exc
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _ident(value: object, what: str) -> str:
@@ -115,7 +115,7 @@ def post_from_status(status: Mapping[str, Any]) -> Post:
         lang=language if isinstance(language, str) else None,
         edited_at=parse_time(edited) if edited is not None else None,
         reply_to=None if reply_to is None else str(reply_to),
-        visibility=_VISIBILITY.get(cast(str, status.get("visibility")), "direct"),
+        visibility=_VISIBILITY.get(str(status.get("visibility")), "direct"),
         repost=status.get("reblog") is not None,
         raw=status,
     )
@@ -128,7 +128,8 @@ def post_from_notification(notification: Mapping[str, Any]) -> Post | None:
     status = notification.get("status")
     if status is None:
         return None
-    if notification.get("type", "mention") not in POST_NOTIFICATION_TYPES:
+    kind = notification.get("type", "mention")
+    if not isinstance(kind, str) or kind not in POST_NOTIFICATION_TYPES:
         return None
     return post_from_status(status)
 

@@ -38,9 +38,12 @@ Users = Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None
 
 def snowflake_time(tweet_id: str) -> datetime:
     """When a tweet was created, from the timestamp its snowflake id carries."""
-    if not tweet_id.isdigit():
+    if not tweet_id.isdigit() or len(tweet_id) > 20:  # ids are 64-bit
         raise PayloadError(f"not a tweet id: {tweet_id!r}")
-    return _TWITTER_EPOCH + timedelta(milliseconds=int(tweet_id) >> 22)
+    try:
+        return _TWITTER_EPOCH + timedelta(milliseconds=int(tweet_id) >> 22)
+    except OverflowError as exc:
+        raise PayloadError(f"not a tweet id: {tweet_id!r}") from exc
 
 
 def _users_by_id(users: Users) -> Mapping[str, Mapping[str, Any]]:
@@ -165,9 +168,9 @@ def post_from_tweet(tweet: Mapping[str, Any], users: Users = None) -> Post:
     handle = user.get("username")
     referenced = tweet.get("referenced_tweets")
     kinds = {
-        ref.get("type"): ref.get("id")
+        ref["type"]: ref.get("id")
         for ref in (referenced if isinstance(referenced, list) else [])
-        if isinstance(ref, Mapping)
+        if isinstance(ref, Mapping) and isinstance(ref.get("type"), str)
     }
     reply_to = kinds.get("replied_to")
     lang = tweet.get("lang")

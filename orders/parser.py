@@ -175,7 +175,7 @@ _QUANTITY_RE = re.compile(
     |
         (?P<bad>(?:几|幾|何|多少|半)[{COUNTERS}]
             |(?<![a-z])(?:{_MANY})\s*(?:pcs|units?)(?![a-z])
-            |(?<!\d)×(?![-−+]?\d)[a-z\u3040-\u9fff])
+            |(?<!\d)×\s*(?![-−+]?\d)[a-z\u3040-\u9fff])
     )
     """,
     re.VERBOSE,
@@ -579,19 +579,20 @@ def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
 
 
 # What one whitespace-separated token means: (has a command word, variant groups, quantities,
-# malformed quantity, joins the next token). Only two readings look across whitespace, so only
-# they join tokens: a number before a measure ("16 gb" is storage, not 16 units) and "many pcs".
+# malformed quantity, joins the next token). Only three readings look across whitespace, so
+# only they join tokens: a number before a measure ("16 gb" is storage, not 16 units),
+# "many pcs", and "×" before a word ("× lots").
 _Token = tuple[bool, frozenset[int], frozenset[int], bool, int]
 _MEASURE_START_RE = re.compile(rf"(?:{_MEASURES})(?![a-z])|[{_MEASURE_MARKS}]")
 _PIECES_START_RE = re.compile(r"(?:pcs|units?)(?![a-z])")
 _MANY_END_RE = re.compile(rf"(?<![a-z])(?:{_MANY})$")
-_JOINS = (_MEASURE_START_RE, _MEASURE_START_RE, _PIECES_START_RE)
+_JOINS = (_MEASURE_START_RE, _MEASURE_START_RE, _PIECES_START_RE, re.compile(""))
 
 
 def _learn(token: str, grammar: Grammar) -> _Token:
     quantities, bad = _quantities(_without_digit_words(token, grammar))
     last = token[-1]
-    join = 1 if last.isdigit() else 2 if _MANY_END_RE.search(token) else 0
+    join = 1 if last.isdigit() else 2 if _MANY_END_RE.search(token) else 3 if last == "×" else 0
     meaning = (
         grammar.command_pattern.search(token) is not None
         or grammar.command_heads.search(token) is not None,
