@@ -8,6 +8,7 @@ from bot.commands import (
     bench_cmd,
     config_cmd,
     db_cmd,
+    orders_cmd,
     outbox_cmd,
     parse_cmd,
     replay_cmd,
@@ -26,6 +27,7 @@ app = typer.Typer(
 
 config_cmd.register(app)
 db_cmd.register(app)
+orders_cmd.register(app)
 wallet_cmd.register(app)
 outbox_cmd.register(app)
 parse_cmd.register(app)
