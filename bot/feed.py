@@ -262,6 +262,7 @@ class ReplayResult:
     elapsed: float
     database: dict[str, Any]
     shift: timedelta | None
+    cpu: float = 0.0  # CPU seconds of the replay, when the caller measured them
 
     @property
     def posts_per_s(self) -> float:
