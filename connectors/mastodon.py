@@ -231,7 +231,7 @@ class MastodonConnector(Connector):
         """Mention notifications after `cursor`, one page at a time, oldest page first.
 
         Each page is sorted oldest first. `min_id` pages forward from the cursor; with no cursor
-        the walk starts from the account's oldest mention.
+        the walk starts from the account's oldest mention. A short page ends the walk.
         """
         position = cursor or "0"
         while True:
@@ -240,6 +240,10 @@ class MastodonConnector(Connector):
                 return
             page = sorted(page, key=lambda n: id_order(str(n["id"])))
             yield page
+            if len(page) < PAGE_LIMIT:
+                # Caught up. Stopping here, not at an empty page, also keeps a backfill from
+                # chasing a live sale page by page: newer mentions are already on the stream.
+                return
             position = str(page[-1]["id"])
 
     def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
