@@ -31,7 +31,6 @@ from config.brand import Brand
 from config.database import create_engine, session_factory
 from config.loader import parse_brand
 from config.settings import Settings, get_settings
-from connectors.pacing import FakeClock
 from orders.audit import audit
 from orders.tables import posts, reservations
 
@@ -69,13 +68,28 @@ stock = 1
 """
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+class ShiftedClock:
+    """The real clock, moved on by `shift` (so a ten-minute hold lapses without waiting)."""
+
+    def __init__(self) -> None:
+        self.shift = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(seconds, 0.0))
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float = 30.0, show: Callable[[], object] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}: {show()}")
 
 
 @pytest.fixture
@@ -147,11 +161,9 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
     settings = Settings()  # type: ignore[call-arg]
     brand: Brand = parse_brand(brand_text(mock.base_url, datetime.now(UTC) - timedelta(minutes=1)))
     sessions = session_factory(pg_engine)
-    worker = Worker(sessions, [brand], max_wait_ms=20, sender_idle_seconds=0.05)
+    clock = ShiftedClock()  # real time, until the test moves it on past ann's hold
+    worker = Worker(sessions, [brand], clock=clock, max_wait_ms=20, sender_idle_seconds=0.05)
     worker.start()
-    # The clock jobs' and the web app's time: ten and a half minutes on, past ann's ten-minute
-    # hold (the worker decides on the real time, within seconds of now).
-    clock = FakeClock(datetime.now(UTC) + timedelta(minutes=10, seconds=30))
     web = TestClient(create_app(settings, sessions, [brand], clock.now))
     clients = {f: mock.client(f) for f in FANS}
     ids = {f: str(c.account_verify_credentials()["id"]) for f, c in clients.items()}
@@ -172,6 +184,7 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
 
         # Ann never pays: the clock lapses her hold and ben moves up.
         ctx = JobContext(sessions=sessions, brands=[brand], settings=settings, clock=clock)
+        clock.shift += timedelta(minutes=10, seconds=1)
         assert run_job("expire", ctx=ctx).startswith("ran:")
         assert states(sessions) == {buyer["ann"]: "expired", buyer["ben"]: "awaiting_payment"}
 
@@ -188,6 +201,7 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
             lambda: (
                 len(sent_kinds(sessions)) >= 6 and set(sent_kinds(sessions).values()) == {"sent"}
             ),
+            show=lambda: sent_kinds(sessions),
         )
         kinds = sorted(key.split(":")[-1] for key in sent_kinds(sessions))
         assert kinds == [
