@@ -222,7 +222,9 @@ def normalize_text(text: str) -> str:
         if not text.isprintable():
             text = _CONTROLS_RE.sub(_drop_control, text)
         return text.lower()
-    return _CONTROLS_RE.sub(_drop_control, unicodedata.normalize("NFKC", text).casefold())
+    text = unicodedata.normalize("NFKC", text).casefold()
+    # isprintable() is False for any Cf or Cc character: a fast scan that spares the regex.
+    return text if text.isprintable() else _CONTROLS_RE.sub(_drop_control, text)
 
 
 def _word(word: str) -> str:
@@ -261,8 +263,8 @@ def _squash(word: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _Variants:
     pattern: re.Pattern[str]
-    groups_of: Mapping[str, frozenset[int]]  # squashed synonym -> ids of the groups it is in
-    products: tuple[tuple[str, frozenset[int]], ...]  # (sku, required group ids)
+    groups_of: Mapping[str, int]  # squashed synonym -> bit mask of the groups it is in
+    products: tuple[tuple[str, int], ...]  # (sku, bit mask of the groups it requires)
     digit_words: frozenset[str]  # synonyms the quantity reader must not see (e.g. "pro 2")
     phrases: bool  # some synonym has a space in it
 
@@ -296,7 +298,8 @@ class Grammar:
     by_token: bool  # every word is one token, so the per-token fast path gives the same answer
     _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict, repr=False)
     _tokens: dict[str, _Token] = field(default_factory=dict, repr=False)
-    _skus: dict[frozenset[int], tuple[str | None, str]] = field(default_factory=dict, repr=False)
+    _orders: dict[tuple[str, int, str], Decision] = field(default_factory=dict, repr=False)
+    _skus: dict[int, tuple[str | None, str]] = field(default_factory=dict, repr=False)
 
 
 _MEMO_LIMIT = 100_000
@@ -331,19 +334,20 @@ def _mention_pattern(names: Iterable[str]) -> re.Pattern[str]:
 
 def _compile_variants(campaign: Campaign) -> _Variants:
     group_ids: dict[frozenset[str], int] = {}
-    groups_of: dict[str, set[int]] = {}
-    products: list[tuple[str, frozenset[int]]] = []
+    groups_of: dict[str, int] = {}
+    products: list[tuple[str, int]] = []
     for product in campaign.products:
-        required: set[int] = set()
+        required = 0
         for synonyms in product.variant.values():
             words = frozenset(w for w in (_word(s) for s in synonyms) if w)
             if not words:
                 continue
-            gid = group_ids.setdefault(words, len(group_ids))
-            required.add(gid)
+            bit = 1 << group_ids.setdefault(words, len(group_ids))
+            required |= bit
             for word in words:
-                groups_of.setdefault(_squash(word), set()).add(gid)
-        products.append((product.sku, frozenset(required)))
+                key = _squash(word)
+                groups_of[key] = groups_of.get(key, 0) | bit
+        products.append((product.sku, required))
     storage = re.compile(rf"^\d+(?:{_MEASURES})$")
     all_words = sorted({w for words in group_ids for w in words})
     digit_words = frozenset(
@@ -351,7 +355,7 @@ def _compile_variants(campaign: Campaign) -> _Variants:
     )
     return _Variants(
         pattern=re.compile(_alternation(all_words, spaced_units=True)),
-        groups_of={w: frozenset(g) for w, g in groups_of.items()},
+        groups_of=groups_of,
         products=tuple(products),
         digit_words=digit_words,
         phrases=any(" " in w for w in all_words),
@@ -543,19 +547,19 @@ def _quantity(found: AbstractSet[int], bad: bool, grammar: Grammar) -> int | str
     return quantity
 
 
-def _groups(text: str, grammar: Grammar) -> frozenset[int]:
-    """Ids of the variant groups that have a synonym in `text`."""
+def _groups(text: str, grammar: Grammar) -> int:
+    """Bit mask of the variant groups that have a synonym in `text`."""
     groups_of = grammar.variants.groups_of
-    matched: set[int] = set()
+    matched = 0
     for word in grammar.variants.pattern.findall(text):
-        gids = groups_of.get(word)
-        if gids is None:
-            gids = groups_of.get(_squash(word), frozenset())
-        matched |= gids
-    return frozenset(matched)
+        bits = groups_of.get(word)
+        if bits is None:
+            bits = groups_of.get(_squash(word), 0)
+        matched |= bits
+    return matched
 
 
-def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
+def _sku(matched: int, grammar: Grammar) -> tuple[str | None, str]:
     """(sku, "") when exactly one product matches, else (None, reason)."""
     if grammar.single_sku is not None:
         return grammar.single_sku, ""
@@ -563,7 +567,7 @@ def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
     if known is not None:
         return known
     products = grammar.variants.products
-    skus = [sku for sku, required in products if required and required <= matched]
+    skus = [sku for sku, required in products if required and required & matched == required]
     defaults = [sku for sku, required in products if not required]
     if len(skus) == 1:
         result: tuple[str | None, str] = (skus[0], "")
@@ -578,11 +582,12 @@ def _sku(matched: frozenset[int], grammar: Grammar) -> tuple[str | None, str]:
     return result
 
 
-# What one whitespace-separated token means: (has a command word, variant groups, quantities,
-# malformed quantity, joins the next token). Only three readings look across whitespace, so
-# only they join tokens: a number before a measure ("16 gb" is storage, not 16 units),
-# "many pcs", and "×" before a word ("× lots").
-_Token = tuple[bool, frozenset[int], frozenset[int], bool, int]
+# What one whitespace-separated token means: (flags, variant group bits, quantities, join).
+# Flags: _COMMAND (has a command word), _BAD (malformed quantity), _JOINS_NEXT. Only three
+# readings look across whitespace, so only they join tokens: a number before a measure
+# ("16 gb" is storage, not 16 units), "many pcs", and "×" before a word ("× lots").
+_Token = tuple[int, int, frozenset[int], int]
+_COMMAND, _BAD, _JOINS_NEXT = 1, 2, 4
 _MEASURE_START_RE = re.compile(rf"(?:{_MEASURES})(?![a-z])|[{_MEASURE_MARKS}]")
 _PIECES_START_RE = re.compile(r"(?:pcs|units?)(?![a-z])")
 _MANY_END_RE = re.compile(rf"(?<![a-z])(?:{_MANY})$")
@@ -593,20 +598,18 @@ def _learn(token: str, grammar: Grammar) -> _Token:
     quantities, bad = _quantities(_without_digit_words(token, grammar))
     last = token[-1]
     join = 1 if last.isdigit() else 2 if _MANY_END_RE.search(token) else 3 if last == "×" else 0
-    meaning = (
+    command = (
         grammar.command_pattern.search(token) is not None
-        or grammar.command_heads.search(token) is not None,
-        _groups(token, grammar),
-        quantities,
-        bad,
-        join,
+        or grammar.command_heads.search(token) is not None
     )
+    flags = command * _COMMAND | bad * _BAD | bool(join) * _JOINS_NEXT
+    meaning = (flags, _groups(token, grammar), quantities, join)
     if len(grammar._tokens) < _MEMO_LIMIT:
         grammar._tokens[token] = meaning
     return meaning
 
 
-def _order_by_token(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | str] | None:
+def _order_by_token(rest: str, grammar: Grammar) -> tuple[int, int | str] | None:
     """Variant groups and quantity of an order, token by token; None if a command word is in it.
 
     Tokens repeat across a flash sale ("32g", "黑色", "两台"), so each is read once and
@@ -614,32 +617,55 @@ def _order_by_token(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | 
     """
     known = grammar._tokens
     tokens = rest.split()
+    last = len(tokens) - 1
+    matched = 0
+    found: frozenset[int] | None = None
+    bad = False
+    for index, token in enumerate(tokens):
+        meaning = known.get(token) or _learn(token, grammar)
+        flags = meaning[0]
+        if flags:
+            if flags & _JOINS_NEXT and index < last:
+                return _order_by_joined_tokens(tokens, grammar)
+            if flags & _COMMAND:
+                return None
+            if flags & _BAD:
+                bad = True
+        matched |= meaning[1]
+        if meaning[2]:
+            found = meaning[2] if found is None else found | meaning[2]
+    if found is None and not bad:
+        return matched, 1
+    return matched, _quantity(found or frozenset(), bad, grammar)
+
+
+def _order_by_joined_tokens(tokens: list[str], grammar: Grammar) -> tuple[int, int | str] | None:
+    """`_order_by_token` for posts where a token may join the next one (rare)."""
+    known = grammar._tokens
     count = len(tokens)
-    matched: frozenset[int] = frozenset()
+    matched = 0
     found: frozenset[int] = frozenset()
     bad = False
     index = 0
     while index < count:
         token = tokens[index]
         meaning = known.get(token) or _learn(token, grammar)
-        while meaning[4] and index + 1 < count:
-            if _JOINS[meaning[4]].match(tokens[index + 1]) is None:
+        while meaning[3] and index + 1 < count:
+            if _JOINS[meaning[3]].match(tokens[index + 1]) is None:
                 break
             index += 1
             token += tokens[index]
             meaning = known.get(token) or _learn(token, grammar)
-        if meaning[0]:
+        if meaning[0] & _COMMAND:
             return None
-        if meaning[1]:
-            matched = matched | meaning[1]
-        if meaning[2]:
-            found = found | meaning[2]
-        bad = bad or meaning[3]
+        matched |= meaning[1]
+        found = found | meaning[2]
+        bad = bad or bool(meaning[0] & _BAD)
         index += 1
     return matched, _quantity(found, bad, grammar)
 
 
-def _order_by_text(rest: str, grammar: Grammar) -> tuple[frozenset[int], int | str]:
+def _order_by_text(rest: str, grammar: Grammar) -> tuple[int, int | str]:
     found, bad = _quantities(_without_digit_words(rest, grammar))
     return _groups(rest, grammar), _quantity(found, bad, grammar)
 
@@ -656,6 +682,15 @@ def _command(rest: str, grammar: Grammar, lang: str) -> Decision | None:
             return _decision(grammar, "reject", lang, reason=amount)
         return _decision(grammar, "topup", lang, amount=amount)
     return _decision(grammar, command, lang)
+
+
+def _order(grammar: Grammar, sku: str, quantity: int, lang: str) -> Decision:
+    key = (sku, quantity, lang)
+    found = grammar._orders.get(key)
+    if found is None:
+        found = Decision("order", sku=sku, quantity=quantity, lang=lang)
+        grammar._orders[key] = found  # bounded: SKUs x quantities up to the limit x 3 languages
+    return found
 
 
 def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
@@ -686,7 +721,7 @@ def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
     sku, reason = _sku(matched, grammar)
     if sku is None:
         return _decision(grammar, "reject", lang, reason=reason)
-    return _decision(grammar, "order", lang, sku=sku, quantity=quantity)
+    return _order(grammar, sku, quantity, lang)
 
 
 def parse(post: ParsablePost, grammar: Grammar) -> Decision:
