@@ -44,7 +44,7 @@ from bot.links import (
 )
 from config.brand import Brand, Campaign
 from config.settings import Settings
-from orders.tables import posts, products, reservations
+from orders.tables import products, reservations
 from wallet import ledger
 from wallet.stripe_payments import (
     BadSignatureError,
@@ -369,12 +369,7 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
         positions = {
             row["id"]: _queue_position(session, row) for row in rows if row["state"] == "waitlisted"
         }
-        handle = session.execute(
-            select(posts.c.handle)
-            .where(posts.c.buyer == link.buyer, posts.c.campaign_id == campaign.id)
-            .order_by(posts.c.posted_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        handle = rows[-1]["handle"] if rows else None
         pending_topups = session.execute(
             select(func.count()).where(
                 stripe_checkout_sessions.c.buyer == link.buyer,
