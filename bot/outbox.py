@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import links as buyer_links
@@ -77,6 +78,7 @@ PRIORITY_NAMES = {
     5: "status/help",
 }
 SILENT = frozenset({"ignored", "duplicate"})
+SENDABLE_PLATFORMS = frozenset({"mastodon", "x"})  # a replayed text file has no one to answer
 _RANK = {"direct": 0, "private": 1, "unlisted": 2, "public": 3}
 _REPLY_CEILING = "unlisted"
 _CHUNK = 500
@@ -173,7 +175,11 @@ def queue(
 
     Returns how many new messages were queued (an outcome queued before is skipped).
     """
-    wanted = [o for o in outcomes if o.kind not in SILENT and o.kind in PRIORITY]
+    wanted = [
+        o
+        for o in outcomes
+        if o.kind not in SILENT and o.kind in PRIORITY and o.platform in SENDABLE_PLATFORMS
+    ]
     if not wanted:
         return 0
     base_url = public_url or get_settings().public_url
@@ -404,12 +410,20 @@ class Sender:
 
     def run(self, stop: threading.Event, *, idle_seconds: float = 1.0) -> None:
         """The worker loop: send while there is work, nap when there is none, until `stop`."""
+        failures = 0
         while not stop.is_set():
             try:
                 result = self.send_one()
             except AuthFailed:
                 log.error("%s: credentials rejected; the sender stops", self.account)
                 raise
+            except SQLAlchemyError:
+                # The database blinked (a restart, a failover): log, back off, carry on.
+                failures += 1
+                log.exception("%s: outbox database error; retrying", self.account)
+                self._clock.sleep(min(self.backoff(failures), 60.0))
+                continue
+            failures = 0
             if result is None:
                 self._clock.sleep(idle_seconds)
 

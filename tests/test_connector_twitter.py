@@ -241,3 +241,40 @@ def test_a_brand_files_x_account_becomes_a_connector_without_network() -> None:
     assert c.user_id == BOT and c.cursor == "5" and c.account_key == "demo:x"
     with pytest.raises(AuthFailed):
         connector_for_account(account, account_key="demo:x", environ={})
+
+
+@responses.activate
+def test_the_filtered_stream_delivers_hashtag_posts_beside_the_mentions_poll() -> None:
+    korean = fixture("v2_tweet_korean_hashtags_excerpt_twarc.json")["body"]
+    tweet = korean["data"][0]
+    line = json.dumps(
+        {
+            "data": tweet,
+            "includes": korean.get("includes", {}),
+            "matching_rules": [{"id": "1", "tag": ""}],
+        }
+    )
+    rules = f"{API}/tweets/search/stream/rules"
+    responses.get(rules, json={"meta": {"sent": "2022-10-07T22:43:18.000Z", "result_count": 0}})
+    responses.post(
+        rules,
+        json={
+            "data": [{"value": "#원호", "id": "1"}],
+            "meta": {"sent": "2022-10-07T22:43:18.000Z"},
+        },
+    )
+    responses.get(f"{API}/tweets/search/stream", body=line + "\r\n\r\n")
+    responses.get(MENTIONS, json={"meta": {"result_count": 0}})
+    c = connector(hashtag="원호", filtered_stream=True)
+    got: list[tuple[Any, str | None]] = []
+
+    def sink(signal: Any, cursor: str | None) -> None:
+        got.append((signal, cursor))
+        c.shutdown()
+
+    c.stream(sink)
+    (post, cursor), *_ = got
+    assert post.post_id == tweet["id"] and cursor is None  # stream posts move no cursor
+    assert "원호" in (post.hashtags or ())
+    added = next(call for call in responses.calls if call.request.method == "POST")
+    assert json.loads(added.request.body)["add"] == [{"value": "#원호"}]

@@ -257,3 +257,22 @@ def test_several_senders_on_postgresql_never_send_a_message_twice(pg_url: str) -
     assert set(connector.sent.values()) == {1}
     assert {m["state"] for m in messages} == {"sent"}
     assert len({m["claimed_by"] for m in messages}) > 1, "the work was actually shared"
+
+
+def test_the_worker_loop_sends_everything_then_naps_on_its_clock(engine: Engine) -> None:
+    stop = threading.Event()
+
+    class NapWatch(FakeClock):
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            if seconds == 5.0 and self.sleeps.count(5.0) >= 3:  # idle: nothing is due
+                stop.set()
+
+    clock = NapWatch(datetime.now(UTC))
+    queue_replies(engine, clock, 12, platform="x")
+    connector = RecordingConnector(clock)
+    Sender(session_factory(engine), connector, clock=clock).run(stop, idle_seconds=5.0)
+    # One send hit a flaky network: it was retried after its backoff, during a nap.
+    assert sum(connector.sent.values()) == 12
+    assert {m["state"] for m in rows(engine)} == {"sent"}
+    assert max(m["attempts"] for m in rows(engine)) == 2
