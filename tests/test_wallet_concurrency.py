@@ -152,3 +152,37 @@ def test_racing_post_and_void_settle_a_hold_exactly_once(pg_url: str) -> None:
         assert ledger.balance(s, FAN, "CNY") == ledger.Balance(posted=5000 - 500 * posted, held=0)
         assert ledger.audit(s) == []
     engine.dispose()
+
+
+def test_top_ups_settling_orders_and_batches_of_holds_do_not_deadlock(pg_url: str) -> None:
+    """A webhook (credit a wallet, then pay that fan's orders) racing the engine's batches (hold
+    for many fans of the campaign) locks in the same order: wallets, then sales, then clearing."""
+    fans = [f"mastodon:{i}" for i in range(8)]
+
+    def work(worker: int, session: Session) -> None:
+        for n in range(8):
+            if worker % 2 == 0:
+                fan = fans[(worker + n) % len(fans)]
+                ledger.credit_topup(
+                    session,
+                    buyer=fan,
+                    amount=1000,
+                    currency="CNY",
+                    stripe_ref=f"cs-{worker}-{n}",
+                    at=T0,
+                )
+                requests = [ledger.HoldRequest(fan, "mi2", 300, "CNY", f"s-{worker}-{n}", None)]
+            else:
+                requests = [
+                    ledger.HoldRequest(fan, "mi2", 200, "CNY", f"b-{worker}-{n}-{fan}", None)
+                    for fan in reversed(fans)
+                ]
+            ledger.hold_many(session, requests, post=True, at=T0)
+            session.commit()
+
+    assert _run(WORKERS, work, pg_url) == []
+    engine = create_engine(pg_url)
+    with Session(engine) as s:
+        assert all(v >= 0 for v in ledger.available_many(s, fans, "CNY").values())
+        assert ledger.audit(s) == []
+    engine.dispose()

@@ -6,26 +6,34 @@ Model (after django-hordak and TigerBeetle):
   ``sales`` account (owner = campaign id), or the Stripe ``clearing`` account (owner ``stripe``).
   Accounts are per currency. Each row carries four running totals in minor units:
   ``credits_posted``, ``debits_posted``, ``credits_pending``, ``debits_pending``.
-- A **transfer** moves a positive integer ``amount`` from one account to another. It has a unique
+- A **transfer** moves a positive integer ``amount`` between two accounts. It has a unique
   idempotency id (``ref``) and exactly two **legs**, a debit and a credit of that amount, so its
   legs sum to zero. Kinds: ``topup`` (clearing -> wallet), ``cashout`` (wallet -> clearing, a
   Stripe refund), ``purchase`` (wallet -> sales), ``refund`` (sales -> wallet).
-- A purchase is **two-phase**: ``hold`` makes it ``pending`` with an expiry (the amount counts in
-  the pending totals); ``post`` settles it (pending -> posted); ``void`` releases it. A posted or
-  voided hold is final. A hold past its expiry can only be voided. ``hold_many(post=True)``
-  writes purchases that are posted at once.
-- **Balances**: posted balance = credits_posted - debits_posted; **available** = posted balance -
-  debits_pending. A wallet's available balance never goes below zero: every debit is a
-  conditional update under a row lock, and a CHECK on the account row rejects any write (even
-  raw SQL that maintains the totals) that would overdraw it. Only the clearing account may run a
-  debit balance (it mirrors money held at Stripe).
+- A purchase is **two-phase**: ``hold`` makes it ``pending`` with an expiry (its amount counts
+  in the pending totals); ``post`` settles it (pending -> posted); ``void`` releases it. A posted
+  or voided hold is final. A hold past its expiry can only be voided (it keeps its funds until
+  then: ``lapsed_holds`` lists what to void). ``hold_many(post=True)`` writes purchases that are
+  posted at once.
+- **Balances**: posted = credits_posted - debits_posted; **available** = posted -
+  debits_pending. A wallet's available balance never goes below zero.
 
-Every function takes the caller's SQLAlchemy ``Session`` and never commits: the caller owns the one
-transaction. Accounts a call touches are locked in id order (``SELECT ... FOR UPDATE`` on
-PostgreSQL; SQLite transactions already hold the write lock from ``BEGIN IMMEDIATE``), so
-concurrent workers queue instead of deadlocking among themselves. Batch forms (``hold_many``,
-``post_many``, ``void_many``, ``available_many``) cost a handful of statements per thousands of
-holds.
+Each rule is enforced twice: here, with the named errors of `wallet.errors`, and in the database
+(`wallet.tables`): CHECKs on every row (a wallet's debits never exceed its credits, so even raw
+SQL that maintains the totals cannot overdraw it), UNIQUE refs, composite foreign keys that tie
+each leg to its transfer's amount and currency, and triggers that keep the ledger append-only
+and settled holds final. `audit` checks what no single row can show: both legs present, totals
+equal to the sums of the legs, books balanced per currency.
+
+Every function takes the caller's SQLAlchemy ``Session`` and never commits: the caller owns the
+one transaction. Accounts a call touches are locked up front (``SELECT ... FOR UPDATE`` on
+PostgreSQL; SQLite transactions hold the write lock from ``BEGIN IMMEDIATE``) in one fixed
+order: buyer wallets by id, then sales accounts, then the clearing account. Concurrent workers
+queue instead of deadlocking, provided a transaction that calls the ledger more than once does
+not lock a new wallet after a call that locked a sales account (PostgreSQL would detect the
+deadlock and abort one transaction, for the caller to retry). Callers that lock rows of their
+own (stock) take those first. Batch forms (``hold_many``, ``post_many``, ``void_many``,
+``available_many``) cost a handful of statements for thousands of holds.
 """
 
 from __future__ import annotations
@@ -292,10 +300,17 @@ def _ensure_accounts(
 
 
 def _lock(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
-    """Lock the account rows in id order (no deadlock between callers) and read their totals."""
+    """Lock the account rows and read their totals: wallets first, then sales accounts, then the
+    clearing account, each by id (PostgreSQL locks rows in the order the sort returns them).
+
+    Wallets come first because a caller may touch a wallet before it knows the campaign (a
+    top-up, then settling that buyer's orders); the shared sales and clearing rows come last,
+    so a transaction never holds one while it waits for a wallet.
+    """
     out: dict[int, Row[Any]] = {}
+    order = case((accounts.c.kind == "wallet", 0), (accounts.c.kind == "sales", 1), else_=2)
     for members in _member(session, accounts.c.id, ids):
-        stmt = select(accounts).where(members).order_by(accounts.c.id)
+        stmt = select(accounts).where(members).order_by(order, accounts.c.id)
         if _is_pg(session):
             stmt = stmt.with_for_update()
         out.update({row.id: row for row in session.execute(stmt)})
