@@ -119,3 +119,22 @@ def test_one_batch_can_mix_currencies_and_campaigns(session: Session) -> None:
     assert ledger.currencies(session, "x:1") == ["EUR", "JPY"]
     assert ledger.available(session, "x:1", "EUR") == ledger.available(session, "x:1", "JPY") == 0
     assert ledger.audit(session) == []
+
+
+def test_lock_wallets_reports_what_each_fan_can_spend(session: Session) -> None:
+    _fund(session, 3)
+    ledger.hold(
+        session,
+        buyer="mastodon:1",
+        campaign_id="mi2",
+        amount=1200,
+        currency="CNY",
+        ref="h",
+        expires_at=LATER,
+        at=T0,
+    )
+    assert ledger.lock_wallets(session, ["mastodon:0", "mastodon:1", "x:new"], "CNY") == {
+        "mastodon:0": 5000,
+        "mastodon:1": 3800,
+        "x:new": 0,
+    }

@@ -1012,6 +1012,23 @@ def available_many(session: Session, buyers: Iterable[str], currency: str) -> di
     return out
 
 
+def lock_wallets(session: Session, buyers: Iterable[str], currency: str) -> dict[str, int]:
+    """Lock these buyers' wallets until the transaction ends; returns ``available`` for each.
+
+    A transaction that will call the ledger several times (hold a batch, then refund a cancel,
+    then promote the waitlist) can take every wallet it may touch here first, in the ledger's
+    lock order, so no later call locks a wallet after a sales account. Buyers without a wallet
+    get 0 (nothing to lock: a wallet is only created by a credit).
+    """
+    currency = _currency(currency)
+    wanted = {_buyer(b) for b in buyers}
+    ids = _find_accounts(session, "wallet", wanted, currency)
+    locked = _lock(session, ids.values())
+    out = dict.fromkeys(wanted, 0)
+    out.update({owner: _available(locked[id_]) for owner, id_ in ids.items()})
+    return out
+
+
 def currencies(session: Session, buyer: str) -> list[str]:
     """The currencies the buyer has a wallet in, sorted."""
     return sorted(
