@@ -11,7 +11,8 @@ Order of judgement, first match wins:
 
 1. a repost (boost/retweet, or text starting "RT @") -> `ignore repost`; not carrying the
    campaign hashtag or (when the campaign requires it) not mentioning the brand's account on
-   the post's platform -> `ignore not_addressed`;
+   the post's platform -> `ignore not_addressed`; posted by the brand's own account ->
+   `ignore own_post`;
 2. with hashtags and mentions removed, the first command word decides cancel / status /
    balance / topup (with its amount) / help;
 3. otherwise the post is an order: its quantity, then its variant (SKU).
@@ -40,6 +41,7 @@ LANGUAGES = ("en", "ja", "zh")
 # Reason codes (docs/parser.md explains each one to buyers and brands).
 NOT_ADDRESSED = "not_addressed"
 REPOST = "repost"
+OWN_POST = "own_post"
 NO_STATUS = "no_status"
 BAD_QUANTITY = "bad_quantity"
 OVER_LIMIT = "over_limit"
@@ -52,6 +54,7 @@ UNPARSEABLE = "unparseable"
 REASONS = (
     NOT_ADDRESSED,
     REPOST,
+    OWN_POST,
     NO_STATUS,
     BAD_QUANTITY,
     OVER_LIMIT,
@@ -706,6 +709,10 @@ def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
         return _decision(grammar, "ignore", lang, reason=REPOST)
     if not _addressed(post, grammar, text):
         return _decision(grammar, "ignore", lang, reason=NOT_ADDRESSED)
+    handle = getattr(post, "author_handle", None)
+    if handle and handle.lower() in grammar.accounts["text"]:
+        # The brand's own announcement ("post #MI2 32GB black to @xiaomi") is no order.
+        return _decision(grammar, "ignore", lang, reason=OWN_POST)
     if body is None:
         rest = _TAGS_AND_MENTIONS_RE.sub(" ", text) if ("#" in text or "@" in text) else text
 

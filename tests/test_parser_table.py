@@ -504,11 +504,18 @@ def _probe(hashtag: str, **accounts: str) -> Grammar:
 # Real posts addressed to a campaign built around their own hashtag and mention: the
 # structured `tags[].name` / `mentions[].acct` / entities decide, not the HTML markup.
 REAL_ADDRESSED = [
-    # ThisIsAHashtag in HTML, `thisisahashtag` in tags[].name; remote mention of halcy.
+    # ThisIsAHashtag in HTML, `thisisahashtag` in tags[].name.
+    (
+        "mastodon/status_remote_tags_mentions_html_edited_de.json",
+        ("ThisIsAHashtag", {}),
+        "order ONE 1",
+        "en",
+    ),
+    # Its author, halcy@icosahedron.website, mentions himself: addressed, but his own post.
     (
         "mastodon/status_remote_tags_mentions_html_edited_de.json",
         ("ThisIsAHashtag", {"mastodon": "halcy@icosahedron.website"}),
-        "order ONE 1",
+        "ignore own_post",
         "en",
     ),
     (
@@ -589,6 +596,17 @@ def test_x_hangul_hashtag_entity_addresses_a_campaign() -> None:
     assert "원호" in (post.hashtags or ())
     grammar = _no_mention(_probe("원호"))
     assert parse(post, grammar).decision == "order"
+
+
+@pytest.mark.parametrize("lang", ["en", "ja", "zh"])
+def test_the_brands_own_announcement_is_not_an_order(lang: str) -> None:
+    announcement = XIAOMI.campaign().announcements.open[lang]  # names #MI2, @xiaomi, a model
+    grammar = _no_mention(GRAMMARS["xiaomi"])
+    for handle in ("xiaomi", "XiaoMi", "xiaomi@mastodon.social"):
+        post = Post("mastodon", "1", "9", handle, T0, announcement, lang=lang)
+        assert parse(post, grammar) == Decision("ignore", reason="own_post", lang=lang)
+    fan = Post("mastodon", "1", "9", "xiaomi_fan", T0, announcement, lang=lang)
+    assert parse(fan, grammar).reason != "own_post"
 
 
 def test_reason_codes_used_here_are_all_documented() -> None:
