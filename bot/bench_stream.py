@@ -381,9 +381,16 @@ def run_stream(
             source = Source(bench_brand.brand.id, "mastodon")
             sink = pipeline.sink(source)
 
+            backlog = max_posts * 4
+
             def counting_sink(signal: Any, cursor: str | None = None) -> None:
                 if not first_at:
                     first_at.append(time.perf_counter())
+                # Flow control: the pipeline's queue is unbounded, so a connector that reads
+                # faster than the engine commits would hold the whole storm in memory. Waiting
+                # here stops reading the socket, and TCP slows the server down.
+                while pipeline.depth() > backlog:
+                    time.sleep(0.002)
                 sink(signal, cursor)
 
             connector = MastodonConnector(
