@@ -34,6 +34,7 @@ def make_brand(
     hold_minutes: float = 30,
     cancel_until: datetime | None = CLOSES,
     confirmation_step: bool = False,
+    campaign_id: str = "drop",
 ) -> Brand:
     stock = stock if stock is not None else {"PHONE-BLACK": 3, "PHONE-WHITE": 2}
     return Brand.model_validate(
@@ -41,7 +42,7 @@ def make_brand(
             "brand": {"id": "acme", "name": "Acme"},
             "campaigns": [
                 {
-                    "id": "drop",
+                    "id": campaign_id,
                     "name": "Phone drop",
                     "hashtag": "AcmeDrop",
                     "currency": "EUR",
@@ -68,11 +69,22 @@ class Shop:
     def __init__(self, url: str, brand: Brand | None = None) -> None:
         self.engine = create_engine(url)
         self.sessions = session_factory(self.engine)
-        self.brand = brand or make_brand()
         self.now = OPENS + timedelta(minutes=1)
         self._post = 0
+        self._topups = 0
+        self.fan_prefix = ""
+        self.use(brand or make_brand())
+
+    def use(self, brand: Brand, fan_prefix: str = "") -> None:
+        """Load `brand` and act on its first campaign, as fans named `fan_prefix + name`."""
+        self.brand = brand
+        self.campaign_id = brand.campaigns[0].id
+        self.fan_prefix = fan_prefix
         with self.sessions.begin() as s:
             load_campaigns(s, [self.brand], now=self.now)
+
+    def buyer(self, fan: str) -> str:
+        return f"mastodon:{self.fan_prefix}{fan}"
 
     def close(self) -> None:
         self.engine.dispose()
@@ -100,11 +112,11 @@ class Shop:
         return Command(
             platform="mastodon",
             post_id=post_id,
-            buyer=f"mastodon:{fan}",
+            buyer=self.buyer(fan),
             handle=f"@{fan}",
             posted_at=at or self.now,
             decision=Decision(decision, sku=sku, quantity=quantity, amount=amount, reason=reason),  # type: ignore[arg-type]
-            campaign_id="drop",
+            campaign_id=self.campaign_id,
             event=event,  # type: ignore[arg-type]
         )
 
@@ -121,17 +133,18 @@ class Shop:
         )
 
     def topup(self, fan: str, amount: int, ref: str | None = None) -> list[Outcome]:
+        self._topups += 1
         with self.sessions.begin() as s:
             ledger.credit_topup(
                 s,
-                buyer=f"mastodon:{fan}",
+                buyer=self.buyer(fan),
                 amount=amount,
                 currency="EUR",
-                stripe_ref=ref or f"cs_{fan}_{amount}_{self.now.timestamp()}",
+                stripe_ref=ref or f"cs_{self.fan_prefix}{fan}_{self._topups}",
                 at=self.now,
             )
         with self.sessions.begin() as s:
-            return settle_buyer(s, f"mastodon:{fan}", now=self.now)
+            return settle_buyer(s, self.buyer(fan), now=self.now)
 
     # the engine -------------------------------------------------------------------------------
     def apply(self, *cmds: Command) -> list[Outcome]:
@@ -156,11 +169,15 @@ class Shop:
 
     def balance(self, fan: str) -> int:
         with self.sessions() as s:
-            return ledger.available(s, f"mastodon:{fan}", "EUR")
+            return ledger.available(s, self.buyer(fan), "EUR")
 
     def stock(self, sku: str = "PHONE-BLACK") -> dict[str, int]:
         with self.sessions() as s:
-            row = s.execute(select(products).where(products.c.sku == sku)).one()
+            row = s.execute(
+                select(products).where(
+                    products.c.campaign_id == self.campaign_id, products.c.sku == sku
+                )
+            ).one()
             return {
                 "stock": row.stock,
                 "allocated": row.allocated,
@@ -172,7 +189,7 @@ class Shop:
         with self.sessions() as s:
             stmt = select(reservations).order_by(reservations.c.id)
             if fan is not None:
-                stmt = stmt.where(reservations.c.buyer == f"mastodon:{fan}")
+                stmt = stmt.where(reservations.c.buyer == self.buyer(fan))
             return [dict(r._mapping) for r in s.execute(stmt)]
 
     def states(self, fan: str | None = None) -> list[tuple[str, str, int]]:
