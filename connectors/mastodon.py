@@ -150,7 +150,10 @@ class MastodonConnector(Connector):
         self._token = access_token
         self._hashtag = hashtag.removeprefix("#") if hashtag else None
         self._clock: Clock = clock or SystemClock()
-        self.pacer = Pacer(self._clock)
+        # Mastodon limits posting statuses apart from reading (300 per 3 h vs 300 per 5 min), and
+        # each response's headers describe the limit that applied to it: one window each.
+        self.pacer = Pacer(self._clock)  # posting (what the outbox paces by)
+        self.read_pacer = Pacer(self._clock)  # notifications, credentials
         self._stream_timeout = stream_timeout
         self._request_timeout = request_timeout
         self._backoff = reconnect_backoff
@@ -179,7 +182,7 @@ class MastodonConnector(Connector):
             request_timeout=self._request_timeout,
             session=session,
         )
-        me = self._call(lambda api: api.account_verify_credentials())
+        me = self._call(lambda api: api.account_verify_credentials(), self.read_pacer)
         self.account_id = str(me["id"])
         self.acct = str(me["acct"])
         self._stopping.clear()
@@ -205,7 +208,7 @@ class MastodonConnector(Connector):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _call(self, request: Callable[[Mastodon], Any]) -> Any:
+    def _call(self, request: Callable[[Mastodon], Any], pacer: Pacer) -> Any:
         """Run one Mastodon.py call; return the wire JSON. Errors become `ConnectorError`s."""
         self._tap.clear()
         try:
@@ -214,15 +217,15 @@ class MastodonConnector(Connector):
             response = self._tap.last
             headers = dict(response.headers) if response is not None else {}
             if response is not None:
-                self.pacer.record(mastodon_window(headers))
+                pacer.record(mastodon_window(headers))
             error = classify(exc, now=self._clock.now(), headers=headers)
             if isinstance(error, RateLimited):
-                self.pacer.block_until(error.reset_at)
+                pacer.block_until(error.reset_at)
             raise error from exc
         response = self._tap.last
         if response is None:
             raise ConnectorError("no response recorded for a Mastodon request")
-        self.pacer.record(mastodon_window(response.headers))
+        pacer.record(mastodon_window(response.headers))
         return response.json() if response.content else None
 
     # -- polling -----------------------------------------------------------------------------
@@ -235,7 +238,7 @@ class MastodonConnector(Connector):
         """
         position = cursor or "0"
         while True:
-            page = self._call(_mentions_after(position))
+            page = self._call(_mentions_after(position), self.read_pacer)
             if not page:
                 return
             page = sorted(page, key=lambda n: id_order(str(n["id"])))
@@ -427,7 +430,8 @@ class MastodonConnector(Connector):
                 visibility=message.visibility,
                 language=message.lang,
                 idempotency_key=message.idempotency_key,
-            )
+            ),
+            self.pacer,
         )
         return str(status["id"])
 

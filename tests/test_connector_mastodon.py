@@ -361,4 +361,5 @@ def test_poll_skips_notifications_whose_status_is_null() -> None:
     assert cursor == max((n["id"] for n in recorded["body"]), key=lambda i: (len(i), i))
     first_request = responses.calls[1].request
     assert "min_id=100" in str(first_request.url) and "mention" in str(first_request.url)
-    assert c.pacer.window is not None and c.pacer.window.limit == 300
+    assert c.read_pacer.window is not None and c.read_pacer.window.limit == 300
+    assert c.pacer.window is None  # reading says nothing about the posting budget

@@ -276,3 +276,25 @@ def test_the_worker_loop_sends_everything_then_naps_on_its_clock(engine: Engine)
     assert sum(connector.sent.values()) == 12
     assert {m["state"] for m in rows(engine)} == {"sent"}
     assert max(m["attempts"] for m in rows(engine)) == 2
+
+
+def test_the_sender_paces_itself_by_the_last_rate_limit_headers(engine: Engine) -> None:
+    from connectors.pacing import x_window
+
+    clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    queue_replies(engine, clock, 3, platform="x")
+    connector = RecordingConnector(clock)
+    reset = int(clock.now().timestamp()) + 100
+    # The last reply left 4 posts in a window that resets in 100 s: one every 25 s.
+    connector.pacer.record(
+        x_window(
+            {
+                "x-rate-limit-limit": "200",
+                "x-rate-limit-remaining": "4",
+                "x-rate-limit-reset": str(reset),
+            }
+        )
+    )
+    sender = Sender(session_factory(engine), connector, clock=clock)
+    sender.send_one()
+    assert clock.sleeps == [pytest.approx(25.0)]
