@@ -510,10 +510,23 @@ _PG_INSERT_LEGS = text(
 )
 
 
-def _joined(values: Iterable[object]) -> str:
-    return _SEP.join(
-        "" if v is None else v.isoformat() if isinstance(v, datetime) else str(v) for v in values
-    )
+def _joined(values: Iterable[str | int]) -> str:
+    return _SEP.join(map(str, values))
+
+
+def _joined_times(values: Iterable[datetime | None]) -> str:
+    """Datetimes as ISO text ('' for NULL); a batch mostly repeats a few, so each is rendered
+    once."""
+    rendered: dict[datetime | None, str] = {None: ""}
+
+    def render(value: datetime | None) -> str:
+        text_ = rendered.get(value)
+        if text_ is None:
+            assert value is not None
+            text_ = rendered[value] = value.isoformat()
+        return text_
+
+    return _SEP.join(map(render, values))
 
 
 def _insert(session: Session, new: Sequence[_NewTransfer]) -> dict[str, int]:
@@ -530,9 +543,9 @@ def _insert(session: Session, new: Sequence[_NewTransfer]) -> dict[str, int]:
                 "currency": _joined(t.currency for t in chunk),
                 "amount": _joined(t.amount for t in chunk),
                 "state": _joined(t.state for t in chunk),
-                "created_at": _joined(t.at for t in chunk),
-                "expires_at": _joined(t.expires_at for t in chunk),
-                "resolved_at": _joined(None if t.state == "pending" else t.at for t in chunk),
+                "created_at": _joined_times(t.at for t in chunk),
+                "expires_at": _joined_times(t.expires_at for t in chunk),
+                "resolved_at": _joined_times(None if t.state == "pending" else t.at for t in chunk),
             }
             ids.update({ref: id_ for id_, ref in session.execute(_PG_INSERT_TRANSFERS, params)})
             legs_of = [(ids[t.ref], t) for t in chunk]
