@@ -36,6 +36,9 @@ from orders.audit import audit
 from orders.commands import Command
 
 DEFAULT_BASELINE_POSTS = 5_000
+# The storm is replayed as Mastodon posts, so the outbox queues a reply for each, as it would
+# for posts a Mastodon connector delivered.
+PLATFORM = "mastodon"
 
 
 def peak_rss_mb() -> float:
@@ -93,8 +96,8 @@ class BaselineFigures:
 def decided(path: Path, brand: Brand, limit: int) -> Iterator[Command]:
     """The first `limit` posts of a storm file, decided by the same parser the pipeline uses."""
     directory = CampaignDirectory([brand])
-    source = Source(brand.brand.id, "text")
-    for count, post in enumerate(read_posts(path, "text")):
+    source = Source(brand.brand.id, PLATFORM)
+    for count, post in enumerate(read_posts(path, "text", platform=PLATFORM)):
         if count >= limit:
             return
         yield to_command(Envelope(post, source), directory, now=post.effective_at)
@@ -131,11 +134,11 @@ def _run_once(
     reset_tables(url)
     if not profile:
         cpu = time.process_time()
-        result = replay(path, brand, url=url, batch_size=batch)
+        result = replay(path, brand, url=url, batch_size=batch, platform=PLATFORM)
         result.cpu = time.process_time() - cpu
         return result, run_audit(url), []
     profiler = cProfile.Profile()
-    result = profiler.runcall(replay, path, brand, url=url, batch_size=batch)
+    result = profiler.runcall(replay, path, brand, url=url, batch_size=batch, platform=PLATFORM)
     return (
         result,
         run_audit(url),

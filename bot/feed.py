@@ -93,15 +93,19 @@ def shifted(post: Post, shift: timedelta | None) -> Post:
     return dataclasses.replace(post, created_at=post.created_at + shift, edited_at=edited)
 
 
-def posts_from_json(value: Any, fmt: Format, *, shift: timedelta | None = None) -> list[Post]:
+def posts_from_json(
+    value: Any, fmt: Format, *, shift: timedelta | None = None, platform: str = "text"
+) -> list[Post]:
     """The posts one decoded line of a replay file holds (none for a null Mastodon status).
 
-    Raises KeyError, TypeError or ValueError when the line is not a post of that format.
+    `platform` is what text-format posts are taken to come from (`text`: nowhere a reply can
+    be sent). Raises KeyError, TypeError or ValueError when the line is not a post of that
+    format.
     """
     if not isinstance(value, dict):
         raise TypeError("a line must hold a JSON object")
     if fmt == "text":
-        return [post_from_record(value, shift=shift)]
+        return [post_from_record(value, shift=shift, platform=platform)]
     if fmt == "mastodon":
         from connectors.mastodon_payload import post_from_notification, post_from_status
 
@@ -125,7 +129,12 @@ class ReadTotals:
 
 
 def read_posts(
-    path: Path, fmt: Format, *, shift: timedelta | None = None, totals: ReadTotals | None = None
+    path: Path,
+    fmt: Format,
+    *,
+    shift: timedelta | None = None,
+    totals: ReadTotals | None = None,
+    platform: str = "text",
 ) -> Iterator[Post]:
     """Stream the posts of a JSON-lines file; a line that is not a post is counted and skipped."""
     totals = totals if totals is not None else ReadTotals()
@@ -136,7 +145,7 @@ def read_posts(
             if not line.strip():
                 continue
             try:
-                posts = posts_from_json(orjson.loads(line), fmt, shift=shift)
+                posts = posts_from_json(orjson.loads(line), fmt, shift=shift, platform=platform)
             except (KeyError, TypeError, ValueError):
                 totals.malformed += 1
                 continue
@@ -296,12 +305,14 @@ def replay(
     shift_to_open: bool = False,
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[ReadTotals, BatchReport], None] | None = None,
+    platform: str = "text",
 ) -> ReplayResult:
     """Run a JSON-lines file of posts through the pipeline into the database at `url`.
 
     The campaigns of `brand` are loaded first; missing tables are created. With
     `shift_to_open`, every post time moves by the one offset that puts the first post at the
-    opening of the brand's first campaign.
+    opening of the brand's first campaign. Text-format posts are taken to come from
+    `platform`; on a platform the brand has an account on, the outbox queues their replies.
     """
     shift: timedelta | None = None
     if shift_to_open:
@@ -316,7 +327,7 @@ def replay(
             load_campaigns(session, [brand])
         clock = PostTimeClock()
         pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
-        source = Source(brand.brand.id, fmt)
+        source = Source(brand.brand.id, platform if fmt == "text" else fmt)
         read = ReadTotals()
 
         def observe(report: BatchReport) -> None:
@@ -326,7 +337,7 @@ def replay(
         started = time.perf_counter()
         fed = feed(
             pipeline,
-            read_posts(path, fmt, shift=shift, totals=read),
+            read_posts(path, fmt, shift=shift, totals=read, platform=platform),
             source=source,
             clock=clock,
             batch_size=batch_size,

@@ -81,6 +81,12 @@ def replay_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Parse only; touch no database"),
     batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="Posts per transaction"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
+    platform: str = typer.Option(
+        "text",
+        "--platform",
+        help="For --format text: the platform the posts come from (text | mastodon | x); "
+        "replies are queued only for a platform the brand can send on",
+    ),
 ) -> None:
     """Run a file of posts through the parser and the engine in batches, then print a summary.
 
@@ -94,6 +100,8 @@ def replay_command(
         brand_value = resolve_brand(brand)
     except (LookupError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--brand") from exc
+    if platform not in ("text", "mastodon", "x"):
+        raise typer.BadParameter("must be text, mastodon or x", param_hint="--platform")
     if dry_run:
         typer.echo(json.dumps(_dry_run(file, brand, fmt_, shift_to_open), ensure_ascii=False))
         return
@@ -125,6 +133,7 @@ def replay_command(
             shift_to_open=shift_to_open,
             batch_size=batch,
             on_batch=on_batch,
+            platform=platform,
         )
         bar.update(task, completed=size, posts=result.read.posts)
     typer.echo(json.dumps(result.summary(), ensure_ascii=False))
