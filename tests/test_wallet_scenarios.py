@@ -147,3 +147,72 @@ def test_cancelled_order_is_refunded_to_wallet_then_cashed_out(session: Session)
             session, buyer=FAN, campaign_id="mi2", amount=1, currency="EUR", ref="x2", at=at(7)
         )
     session.rollback()
+
+
+def test_lapse_promotes_the_next_fan_then_a_refund_and_a_cash_out(session: Session) -> None:
+    """Fan A tops up 50.00 and orders two phones at 19.99; one hold lapses, so fan B (next on
+    the waitlist, 30.00 in her wallet) is charged; A cancels the paid phone and cashes out."""
+    ledger.credit_topup(
+        session, buyer=FAN, amount=5000, currency="EUR", stripe_ref="cs_a", at=at(0)
+    )
+    ledger.credit_topup(
+        session, buyer=OTHER, amount=3000, currency="EUR", stripe_ref="cs_b", at=at(0)
+    )
+    for ref in ("a1", "a2"):
+        ledger.hold(
+            session,
+            buyer=FAN,
+            campaign_id="mi2",
+            amount=1999,
+            currency="EUR",
+            ref=ref,
+            expires_at=at(30),
+            at=at(1),
+        )
+    ledger.post_hold(session, "a1", at=at(5))
+    session.commit()
+
+    # 30 minutes on, a2 lapses; B is promoted and paid at once.
+    ledger.void_many(session, ledger.lapsed_holds(session, at(30)), at=at(30))
+    held = ledger.hold_many(
+        session, [ledger.HoldRequest(OTHER, "mi2", 1999, "EUR", "b1")], post=True, at=at(30)
+    )
+    session.commit()
+    assert list(held) == ["b1"]
+    assert ledger.available_many(session, [FAN, OTHER], "EUR") == {FAN: 3001, OTHER: 1001}
+
+    # A cancels a1 while the campaign allows it: the price goes back to the wallet.
+    assert ledger.refund_to_wallet(
+        session, buyer=FAN, campaign_id="mi2", amount=1999, currency="EUR", ref="rf-a1", at=at(40)
+    )
+    assert ledger.available(session, FAN, "EUR") == 5000
+
+    # A holds 10.00 for another order, then asks Stripe for all 50.00 back: only what is not
+    # held can go; the held 10.00 stays until that order settles or lapses.
+    ledger.hold(
+        session,
+        buyer=FAN,
+        campaign_id="mi2",
+        amount=1000,
+        currency="EUR",
+        ref="a3",
+        expires_at=at(90),
+        at=at(41),
+    )
+    assert ledger.debit_refund(
+        session, buyer=FAN, amount=5000, currency="EUR", ref="re_1", at=at(45)
+    )
+    assert not ledger.debit_refund(
+        session, buyer=FAN, amount=5000, currency="EUR", ref="re_1", at=at(46)
+    )
+    assert ledger.balance(session, FAN, "EUR") == ledger.Balance(posted=1000, held=1000)
+    session.commit()
+    assert [(e.ref, e.amount, e.balance) for e in ledger.statement(session, FAN, "EUR")] == [
+        ("cs_a", 5000, 5000),
+        ("a1", -1999, 3001),
+        ("a2", -1999, None),
+        ("rf-a1", 1999, 5000),
+        ("a3", -1000, None),
+        ("re_1", -4000, 1000),
+    ]
+    assert ledger.audit(session) == []
