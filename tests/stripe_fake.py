@@ -411,11 +411,12 @@ class Shop:
             stripe_client=self.stripe,
             signer=self.signer,
         )
-        self.http = TestClient(self.app, follow_redirects=False)
+        # Entered once: one event loop for every request, not a new one per request.
+        self.http = TestClient(self.app, follow_redirects=False).__enter__()
         self._posts = itertools.count(1)
 
     def close(self) -> None:
-        self.http.close()
+        self.http.__exit__(None, None, None)
         self.rsps.stop()
         self.rsps.reset()
         self.engine.dispose()
