@@ -103,26 +103,19 @@ def visibility_for(outcome: Outcome) -> str:
 
 # -- link signing in the caller's transaction ----------------------------------------------------
 
-_signers: dict[str, buyer_links.LinkSigner] = {}
-_signers_lock = threading.Lock()
-
 
 def _signer(session: Session) -> buyer_links.LinkSigner:
-    """The buyer-link signer, read within the caller's session (a second connection would wait
-    on SQLite's write lock that this very transaction holds)."""
+    """The buyer-link signer, its database key read within the caller's session (a second
+    connection would wait on the SQLite write lock this very transaction holds)."""
     settings = get_settings()
     if settings.link_secret is not None and settings.link_secret.get_secret_value():
         return buyer_links.LinkSigner(settings.link_secret.get_secret_value().encode("utf-8"))
-    bind = session.get_bind()
-    cache_key = bind.engine.url.render_as_string(hide_password=True)
-    with _signers_lock:
-        if cache_key in _signers:
-            return _signers[cache_key]
     table = buyer_links.link_secrets
     found = session.execute(
         select(table.c.secret).where(table.c.name == "buyer_links")
     ).scalar_one_or_none()
     if found is None:
+        bind = session.get_bind()
         insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
         session.execute(
             insert(table)
@@ -132,10 +125,7 @@ def _signer(session: Session) -> buyer_links.LinkSigner:
         found = session.execute(
             select(table.c.secret).where(table.c.name == "buyer_links")
         ).scalar_one()
-    signer = buyer_links.LinkSigner(bytes.fromhex(found))
-    with _signers_lock:
-        _signers[cache_key] = signer
-    return signer
+    return buyer_links.LinkSigner(bytes.fromhex(found))
 
 
 # -- queueing ------------------------------------------------------------------------------------

@@ -217,3 +217,25 @@ def test_outbox_status_command_shows_depth_and_eta(engine: Engine, db_url: str) 
     assert "demo:mastodon: 8 queued" in result.output
     assert "action needed" in result.output and "4" in result.output
     assert "ETA at current pace 4h00m" in result.output  # 8 waiting at 2 per hour
+
+
+def test_links_in_replies_open_the_buyers_own_pages(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.links import signer_for
+    from config.settings import Settings, get_settings
+
+    monkeypatch.delenv("FLASHTAG_LINK_SECRET", raising=False)
+    get_settings.cache_clear()
+
+    factory = session_factory(engine)
+    settings = Settings(FLASHTAG_LINK_SECRET=None)  # the database's own key, as in development
+    with factory.begin() as session:
+        queue(
+            session, [outcome("confirmed", reservation_id=1)], brand=BRAND, now=NOW, public_url=URL
+        )
+    text = str(_rows(engine)[0]["text"])
+    token = text.split(f"{URL}/me/")[1].split()[0]
+    link = signer_for(settings, factory).verify(token, now=NOW)
+    assert link.buyer == "mastodon:42" and link.campaign_id == "demo"
+    get_settings.cache_clear()
