@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/flashtag check-config config/brands/demo.toml config/brands/xiaomi.toml
+	$(BIN)/flashtag demo --exit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -233,7 +233,10 @@ def run_demo(options: DemoOptions) -> int:
     follows = [(bot_name, f.username) for f in fans if f.deletes]
     started = time.monotonic()
 
-    console.print(f"[dim]starting mastodon-mock with {len(fans):,} fans …[/dim]")
+    console.print(
+        f"[dim]starting mastodon-mock with {len(fans):,} fans (logs: {workdir / 'demo.log'})[/dim]"
+    )
+    timings: dict[str, float] = {}
     mock = MockMastodon(workdir, accounts, follows=follows)
     mock.start()
     ids = _fan_ids(mock.base_url)
@@ -298,6 +301,7 @@ def run_demo(options: DemoOptions) -> int:
 
     stripe_side = DemoStripe(web_url, webhook_secret, currency=campaign0.currency)
     crowd = Crowd(fans, mock.base_url, stripe_side=stripe_side, campaign_id=campaign0.id)
+    timings["setup"] = time.monotonic() - started
     crowd.prepay()
     crowd.schedule(time.monotonic() + max((opens_at - datetime.now(UTC)).total_seconds(), 0.0))
     crowd_thread = threading.Thread(target=crowd.run, name="crowd", daemon=True)
@@ -362,10 +366,13 @@ def run_demo(options: DemoOptions) -> int:
             now = datetime.now(UTC)
             if closed_at is None and (now >= closes_at or crowd.posts_left() == 0):
                 closed_at = close_sale()
+                timings["sale"] = (closed_at - opens_at).total_seconds()
             if closed_at is not None and worker.pipeline.depth() == 0:
                 waiting = snap.states.get("awaiting_payment", 0)
+                # Long enough after the close for the last holds to lapse or be paid and the
+                # waitlist to move once more, but no longer: holds still running are reported.
                 if now >= closed_at + timedelta(seconds=2) and (
-                    waiting == 0 or now >= closed_at + hold + timedelta(seconds=2)
+                    waiting == 0 or now >= closed_at + hold / 2
                 ):
                     break
             if worker.wait(0) or elapsed > options.max_seconds:
@@ -381,8 +388,10 @@ def run_demo(options: DemoOptions) -> int:
     final = snapshot(sessions, worker, crowd)
     with sessions() as session:
         problems = audit(session)
+    timings["total"] = time.monotonic() - started
     summary = _summary(
         final,
+        timings,
         options,
         fans,
         stripe_side,
@@ -416,6 +425,7 @@ def run_demo(options: DemoOptions) -> int:
 
 def _summary(
     snap: Snapshot,
+    timings: dict[str, float],
     options: DemoOptions,
     fans: list[Fan],
     stripe_side: DemoStripe,
@@ -431,6 +441,7 @@ def _summary(
         "fans": len(fans),
         "seed": options.seed,
         "seconds": round(seconds, 1),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
         "fan_actions": dict(snap.crowd),
         "posts_decided": snap.bot_posts,
         "peak_posts_per_s": round(peak_rate, 1),
@@ -455,6 +466,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     for key in (
         "fans",
         "seconds",
+        "timings",
         "fan_actions",
         "posts_decided",
         "peak_posts_per_s",
