@@ -139,7 +139,8 @@ def test_a_buyer_never_gets_the_same_text_twice(engine: Engine) -> None:
 
 
 def test_ignored_and_duplicate_outcomes_send_nothing(engine: Engine) -> None:
-    assert _queue(engine, [outcome("ignored"), outcome("duplicate", "2")]) == 0
+    replayed = outcome("confirmed", "3", reservation_id=3, platform="text")  # no one to answer
+    assert _queue(engine, [outcome("ignored"), outcome("duplicate", "2"), replayed]) == 0
     assert _rows(engine) == []
 
 
