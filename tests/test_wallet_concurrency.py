@@ -1,4 +1,4 @@
-"""Several PostgreSQL workers at one wallet at once: never overdrawn, nothing credited twice."""
+"""Several workers at one wallet at once: never overdrawn, nothing credited or settled twice."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from sqlalchemy.orm import Session
 from config.database import create_engine
 from wallet import ledger
 from wallet.errors import HoldNotPending, InsufficientFunds
-
-pytestmark = pytest.mark.postgres
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 FAN = "mastodon:1"
@@ -44,8 +42,9 @@ def _run(workers: int, work: Callable[[int, Session], None], url: str) -> list[B
     return errors
 
 
-def test_workers_holding_against_one_wallet_never_overdraw_it(pg_url: str) -> None:
-    engine = create_engine(pg_url)
+def test_workers_holding_against_one_wallet_never_overdraw_it(db_url: str) -> None:
+    """On PostgreSQL the row locks queue the workers; on SQLite, BEGIN IMMEDIATE does."""
+    engine = create_engine(db_url)
     with Session(engine) as s:
         ledger.credit_topup(s, buyer=FAN, amount=10_000, currency="CNY", stripe_ref="cs", at=T0)
         s.commit()
@@ -85,7 +84,7 @@ def test_workers_holding_against_one_wallet_never_overdraw_it(pg_url: str) -> No
             with lock:
                 granted.append(amount)
 
-    assert _run(WORKERS, work, pg_url) == []
+    assert _run(WORKERS, work, db_url) == []
     with Session(engine) as s:
         totals = ledger.balance(s, FAN, "CNY")
         assert totals.available >= 0
@@ -96,6 +95,7 @@ def test_workers_holding_against_one_wallet_never_overdraw_it(pg_url: str) -> No
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_the_same_stripe_payment_delivered_concurrently_credits_once(pg_url: str) -> None:
     results: list[bool] = []
 
@@ -115,6 +115,7 @@ def test_the_same_stripe_payment_delivered_concurrently_credits_once(pg_url: str
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_racing_post_and_void_settle_a_hold_exactly_once(pg_url: str) -> None:
     engine = create_engine(pg_url)
     with Session(engine) as s:
@@ -154,6 +155,7 @@ def test_racing_post_and_void_settle_a_hold_exactly_once(pg_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_top_ups_settling_orders_and_batches_of_holds_do_not_deadlock(pg_url: str) -> None:
     """A webhook (credit a wallet, then pay that fan's orders) racing the engine's batches (hold
     for many fans of the campaign) locks in the same order: wallets, then sales, then clearing."""
