@@ -20,10 +20,8 @@ Order of judgement, first match wins:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -33,6 +31,32 @@ from urllib.parse import urlsplit
 
 from config.brand import Brand, Campaign, normalize_hashtag
 from orders.commands import Decision, DecisionKind
+from orders.parser_text import (
+    HASHTAG_RE,
+    JOINS,
+    MANY_END_RE,
+    MEASURES,
+    TAGS_AND_MENTIONS_RE,
+    alternation,
+    detect_lang,
+    normalize_text,
+    normalize_word,
+    read_amount,
+    read_quantities,
+    reply_lang,
+    squash,
+)
+
+__all__ = [
+    "REASONS",
+    "Grammar",
+    "ParsablePost",
+    "compile_grammar",
+    "detect_lang",
+    "normalize_text",
+    "parse",
+    "parse_by_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,125 +100,6 @@ COMMAND_WORDS: Mapping[DecisionKind, tuple[str, ...]] = {
 }
 ORDER_WORDS = ("order", "buy", "reserve", "予約", "注文", "购买", "预约", "订购")
 
-EN_NUMBERS = {
-    "zero": 0,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-}
-CJK_NUMBERS = {
-    "零": 0,
-    "〇": 0,
-    "一": 1,
-    "二": 2,
-    "两": 2,
-    "兩": 2,
-    "三": 3,
-    "四": 4,
-    "五": 5,
-    "六": 6,
-    "七": 7,
-    "八": 8,
-    "九": 9,
-    "十": 10,
-}
-COUNTERS = "台個个部"
-
-_CJK = (
-    "\u3040-\u30ff"  # hiragana, katakana
-    "\u31f0-\u31ff"  # katakana phonetic extensions
-    "\u3400-\u4dbf"  # CJK extension A
-    "\u4e00-\u9fff"  # CJK unified ideographs
-    "\uf900-\ufaff"  # CJK compatibility ideographs
-    "\uac00-\ud7af"  # hangul syllables
-)
-_CJK_RE = re.compile(f"[{_CJK}]")
-_KANA_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff]")
-_HAN_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# A Latin "word character" for whole-word matching. CJK letters are deliberately not in it, so
-# `32g黑色` still has the whole word `32g` in it.
-_LW = r"0-9a-z_\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"  # Latin letters, not × or ÷
-
-
-# Characters the normaliser touches: Unicode format characters (Cf: zero-width spaces and
-# joiners, bidi controls, the BOM) and controls (Cc) are removed, except whitespace controls,
-# which become a space. Planes 2-13 and 15-16 hold none of them; not scanning them keeps
-# imports fast. The class is written as ranges: a long list of single characters is slow.
-def _control_class() -> str:
-    points = [
-        c
-        for c in itertools.chain(range(0x20000), range(0xE0000, 0xE1000))
-        if unicodedata.category(chr(c)) in ("Cf", "Cc")
-    ]
-    ranges: list[list[int]] = []
-    for point in points:
-        if ranges and ranges[-1][1] == point - 1:
-            ranges[-1][1] = point
-        else:
-            ranges.append([point, point])
-    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
-
-
-_CONTROLS_RE = re.compile(f"[{_control_class()}]")
-
-
-def _drop_control(match: re.Match[str]) -> str:
-    return " " if match.group().isspace() else ""
-
-
-_HASHTAG_RE = re.compile(r"#([\w·]+)")
-_TAGS_AND_MENTIONS_RE = re.compile(r"#[\w·]+#?|@[0-9a-z_.\-]+(?:@[0-9a-z_\-]+(?:\.[0-9a-z_\-]+)+)?")
-
-# Measures written after a number that make it not a quantity: "16gb", "32 G", "6inch", "500元".
-_MEASURES = "gb|g|tb|mb|gig|inch|mah|mm|cm"
-_MEASURE_MARKS = "寸元円块%"
-_MANY = "many|some|several|few|lots?|all|half"
-
-_QUANTITY_RE = re.compile(
-    rf"""
-    (?:
-        (?:(?<![{_LW}])[x×]|×)\s*                       # x2, × 2
-        (?P<pre>[-−+]?\d+(?:[.,/⁄]\d+)?)
-        (?![{_LW}]|[.,/⁄:]\d|\s*(?:{_MEASURES})(?![a-z])|\s*[{_MEASURE_MARKS}])
-    |
-        (?<![{_LW}\-−+])(?<!\d[.,/⁄:])
-        (?P<num>[-−+]?\d+(?:[.,/⁄]\d+)?)
-        (?:
-            (?P<unit>\s*(?:pcs|pc|units?)|x|×)(?![{_LW}])   # 2 pcs, 2x
-            | \s*[{COUNTERS}]                          # 2台
-            | (?![{_LW}]|[.,/⁄:]\d|\s*(?:{_MEASURES})(?![a-z])|\s*[{_MEASURE_MARKS}])
-        )
-    |
-        (?<![a-z])(?P<word>zero|one|two|three|four|five|six|seven|eight|nine|ten)(?![a-z])
-    |
-        (?P<cjk>[零〇一二两兩三四五六七八九十])[{COUNTERS}つ]
-    |
-        (?P<bad>(?:几|幾|何|多少|半)[{COUNTERS}]
-            |(?<![a-z])(?:{_MANY})\s*(?:pcs|units?)(?![a-z])
-            |(?<!\d)×\s*(?![-−+]?\d)[a-z\u3040-\u9fff])
-    )
-    """,
-    re.VERBOSE,
-)
-
-_AMOUNT_RE = re.compile(
-    rf"""
-    [\s:=]*
-    (?:[¥$€£]|cny|rmb|usd|jpy|eur|gbp)?\s*
-    (?P<num>[-−+]?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?)
-    (?![{_LW}]|[.,]\d|\s*(?:gb|g)(?![a-z]))
-    """,
-    re.VERBOSE,
-)
-_MEANINGLESS_RE = re.compile(r"[\W_]*")
-
 
 class ParsablePost(Protocol):
     """What the parser reads from a post; `connectors.post.Post` has all of it."""
@@ -217,50 +122,6 @@ class ParsablePost(Protocol):
     def lang(self) -> str | None: ...
     @property
     def created_at(self) -> datetime: ...
-
-
-def normalize_text(text: str) -> str:
-    """NFKC, case-folded, format and control characters removed (whitespace ones -> space)."""
-    if text.isascii():
-        if not text.isprintable():
-            text = _CONTROLS_RE.sub(_drop_control, text)
-        return text.lower()
-    text = unicodedata.normalize("NFKC", text).casefold()
-    # isprintable() is False for any Cf or Cc character: a fast scan that spares the regex.
-    return text if text.isprintable() else _CONTROLS_RE.sub(_drop_control, text)
-
-
-def _word(word: str) -> str:
-    return " ".join(normalize_text(word).split())
-
-
-def _is_cjk(word: str) -> bool:
-    return _CJK_RE.search(word) is not None
-
-
-def _alternation(words: Iterable[str], *, spaced_units: bool = False) -> str:
-    """A regex alternation: Latin words whole-word, CJK words as substrings; longest first."""
-    latin: list[str] = []
-    cjk: list[str] = []
-    for word in sorted(set(words), key=lambda w: (-len(w), w)):
-        if _is_cjk(word):
-            cjk.append(re.escape(word))
-            continue
-        pattern = r"\s+".join(re.escape(part) for part in word.split())
-        if spaced_units:
-            # "32gb" also matches "32 gb"
-            pattern = re.sub(rf"^(\d+)({_MEASURES})$", r"\1\\s*\2", pattern)
-        latin.append(pattern)
-    parts = []
-    if latin:
-        parts.append(rf"(?<![{_LW}])(?:{'|'.join(latin)})(?![{_LW}])")
-    if cjk:
-        parts.append("|".join(cjk))
-    return "|".join(parts) if parts else r"(?!x)x"
-
-
-def _squash(word: str) -> str:
-    return "".join(word.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +167,6 @@ class Grammar:
 
 
 _MEMO_LIMIT = 100_000
-_HUGE = 10**18
 
 
 def _accounts(brand: Brand) -> dict[str, frozenset[str]]:
@@ -342,22 +202,22 @@ def _compile_variants(campaign: Campaign) -> _Variants:
     for product in campaign.products:
         required = 0
         for synonyms in product.variant.values():
-            words = frozenset(w for w in (_word(s) for s in synonyms) if w)
+            words = frozenset(w for w in (normalize_word(s) for s in synonyms) if w)
             if not words:
                 continue
             bit = 1 << group_ids.setdefault(words, len(group_ids))
             required |= bit
             for word in words:
-                key = _squash(word)
+                key = squash(word)
                 groups_of[key] = groups_of.get(key, 0) | bit
         products.append((product.sku, required))
-    storage = re.compile(rf"^\d+(?:{_MEASURES})$")
+    storage = re.compile(rf"^\d+(?:{MEASURES})$")
     all_words = sorted({w for words in group_ids for w in words})
     digit_words = frozenset(
         w for w in all_words if any(c.isdigit() for c in w) and not storage.match(w)
     )
     return _Variants(
-        pattern=re.compile(_alternation(all_words, spaced_units=True)),
+        pattern=re.compile(alternation(all_words, spaced_units=True)),
         groups_of=groups_of,
         products=tuple(products),
         digit_words=digit_words,
@@ -370,14 +230,14 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
     command_of: dict[str, DecisionKind] = {}
     for command, words in COMMAND_WORDS.items():
         for word in words:
-            command_of[_word(word)] = command
-    order_words = {_word(w) for w in ORDER_WORDS}
+            command_of[normalize_word(word)] = command
+    order_words = {normalize_word(w) for w in ORDER_WORDS}
     for extra in campaign.words.values():
         for command in COMMAND_WORDS:
             for word in getattr(extra, command):
-                if _word(word):
-                    command_of[_word(word)] = command
-        order_words.update(_word(w) for w in extra.order if _word(w))
+                if normalize_word(word):
+                    command_of[normalize_word(word)] = command
+        order_words.update(normalize_word(w) for w in extra.order if normalize_word(w))
     variants = _compile_variants(campaign)
     accounts = _accounts(brand)
     tag = campaign.tag
@@ -389,10 +249,10 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
         require_mention=campaign.require_mention,
         accounts=accounts,
         mention_patterns={p: _mention_pattern(names) for p, names in accounts.items()},
-        command_pattern=re.compile(_alternation(command_of)),
+        command_pattern=re.compile(alternation(command_of)),
         command_of=command_of,
         command_heads=re.compile(
-            f"(?:{_alternation(w.split()[0] for w in command_of if ' ' in w)})$"
+            f"(?:{alternation(w.split()[0] for w in command_of if ' ' in w)})$"
         ),
         order_words=frozenset(order_words),
         variants=variants,
@@ -404,31 +264,6 @@ def compile_grammar(brand: Brand, campaign: Campaign) -> Grammar:
         fallback_lang=campaign.language,
         by_token=not variants.phrases,
     )
-
-
-def detect_lang(text: str) -> str:
-    """Script-based guess: any kana -> ja, else any Han -> zh, else en."""
-    if text.isascii():
-        return "en"
-    if _KANA_RE.search(text):
-        return "ja"
-    if _HAN_RE.search(text):
-        return "zh"
-    return "en"
-
-
-_LANG_OF = {"en": "en", "ja": "ja", "zh": "zh"}
-
-
-def _lang(declared: str | None, text: str) -> str:
-    if declared:
-        found = _LANG_OF.get(declared)
-        if found is not None:
-            return found
-        prefix = declared[:2].lower()
-        if prefix in _LANG_OF and (len(declared) == 2 or declared[2] in "-_"):
-            return prefix
-    return detect_lang(text)
 
 
 def _decision(
@@ -460,7 +295,7 @@ def _addressed(post: ParsablePost, grammar: Grammar, text: str) -> bool:
             if text.isascii() or "#" not in text:
                 return False
             tag = grammar.tag
-            if not any(normalize_hashtag(t) == tag for t in _HASHTAG_RE.findall(text)):
+            if not any(normalize_hashtag(t) == tag for t in HASHTAG_RE.findall(text)):
                 return False
     elif grammar.tag not in tags:
         tag = grammar.tag
@@ -481,28 +316,11 @@ def _addressed(post: ParsablePost, grammar: Grammar, text: str) -> bool:
 
 def _amount(rest: str, grammar: Grammar) -> int | str | None:
     """Minor units, None for no amount, or a reason code."""
-    if _MEANINGLESS_RE.fullmatch(rest):
-        return None
-    match = _AMOUNT_RE.match(rest)
-    if match is None:
+    try:
+        amount = read_amount(rest, grammar.minor_digits)
+    except ValueError:
         return BAD_AMOUNT
-    number = match.group("num").replace(",", "")
-    if number[0] in "-−+":
-        if number[0] != "+":
-            return BAD_AMOUNT
-        number = number[1:]
-    whole, _, fraction = number.partition(".")
-    whole = whole.lstrip("0") or "0"
-    if len(whole) > 18:
-        return AMOUNT_OUT_OF_RANGE
-    digits = grammar.minor_digits
-    if len(fraction) > digits and fraction[digits:].strip("0"):
-        return BAD_AMOUNT
-    fraction = fraction[:digits].ljust(digits, "0")
-    amount = int(whole) * int(10**digits) + (int(fraction) if fraction else 0)
-    if amount <= 0:
-        return BAD_AMOUNT
-    if not grammar.topup_min <= amount <= grammar.topup_max:
+    if amount is not None and not grammar.topup_min <= amount <= grammar.topup_max:
         return AMOUNT_OUT_OF_RANGE
     return amount
 
@@ -512,26 +330,6 @@ def _without_digit_words(text: str, grammar: Grammar) -> str:
         if word in text:
             text = text.replace(word, " ")
     return text
-
-
-def _quantities(text: str) -> tuple[frozenset[int], bool]:
-    """Every quantity written in `text`, and whether a malformed one was."""
-    found: set[int] = set()
-    for pre, num, _unit, word, cjk, bad in _QUANTITY_RE.findall(text):
-        if bad:
-            return frozenset(found), True
-        if word:
-            found.add(EN_NUMBERS[word])
-        elif cjk:
-            found.add(CJK_NUMBERS[cjk])
-        else:
-            value = pre or num
-            if value[0] in "-−" or not value.lstrip("+").isdigit():
-                return frozenset(found), True
-            digits = value.lstrip("+").lstrip("0") or "0"
-            # Beyond any limit; int() of thousands of digits is slow and refused past 4300.
-            found.add(int(digits) if len(digits) <= 18 else _HUGE)
-    return frozenset(found), False
 
 
 def _quantity(found: AbstractSet[int], bad: bool, grammar: Grammar) -> int | str:
@@ -557,7 +355,7 @@ def _groups(text: str, grammar: Grammar) -> int:
     for word in grammar.variants.pattern.findall(text):
         bits = groups_of.get(word)
         if bits is None:
-            bits = groups_of.get(_squash(word), 0)
+            bits = groups_of.get(squash(word), 0)
         matched |= bits
     return matched
 
@@ -591,16 +389,12 @@ def _sku(matched: int, grammar: Grammar) -> tuple[str | None, str]:
 # ("16 gb" is storage, not 16 units), "many pcs", and "×" before a word ("× lots").
 _Token = tuple[int, int, frozenset[int], int]
 _COMMAND, _BAD, _JOINS_NEXT = 1, 2, 4
-_MEASURE_START_RE = re.compile(rf"(?:{_MEASURES})(?![a-z])|[{_MEASURE_MARKS}]")
-_PIECES_START_RE = re.compile(r"(?:pcs|units?)(?![a-z])")
-_MANY_END_RE = re.compile(rf"(?<![a-z])(?:{_MANY})$")
-_JOINS = (_MEASURE_START_RE, _MEASURE_START_RE, _PIECES_START_RE, re.compile(""))
 
 
 def _learn(token: str, grammar: Grammar) -> _Token:
-    quantities, bad = _quantities(_without_digit_words(token, grammar))
+    quantities, bad = read_quantities(_without_digit_words(token, grammar))
     last = token[-1]
-    join = 1 if last.isdigit() else 2 if _MANY_END_RE.search(token) else 3 if last == "×" else 0
+    join = 1 if last.isdigit() else 2 if MANY_END_RE.search(token) else 3 if last == "×" else 0
     command = (
         grammar.command_pattern.search(token) is not None
         or grammar.command_heads.search(token) is not None
@@ -654,7 +448,7 @@ def _order_by_joined_tokens(tokens: list[str], grammar: Grammar) -> tuple[int, i
         token = tokens[index]
         meaning = known.get(token) or _learn(token, grammar)
         while meaning[3] and index + 1 < count:
-            if _JOINS[meaning[3]].match(tokens[index + 1]) is None:
+            if JOINS[meaning[3]].match(tokens[index + 1]) is None:
                 break
             index += 1
             token += tokens[index]
@@ -669,7 +463,7 @@ def _order_by_joined_tokens(tokens: list[str], grammar: Grammar) -> tuple[int, i
 
 
 def _order_by_text(rest: str, grammar: Grammar) -> tuple[int, int | str]:
-    found, bad = _quantities(_without_digit_words(rest, grammar))
+    found, bad = read_quantities(_without_digit_words(rest, grammar))
     return _groups(rest, grammar), _quantity(found, bad, grammar)
 
 
@@ -701,10 +495,10 @@ def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
     body = post.body
     if body is not None:
         rest = normalize_text(body)
-        lang = _lang(post.lang, rest)
+        lang = reply_lang(post.lang, rest)
     else:
         rest = ""
-        lang = _lang(post.lang, text)
+        lang = reply_lang(post.lang, text)
     if getattr(post, "repost", False) or text.startswith("rt @"):
         return _decision(grammar, "ignore", lang, reason=REPOST)
     if not _addressed(post, grammar, text):
@@ -714,7 +508,7 @@ def _parse(post: ParsablePost, grammar: Grammar, *, by_token: bool) -> Decision:
         # The brand's own announcement ("post #MI2 32GB black to @xiaomi") is no order.
         return _decision(grammar, "ignore", lang, reason=OWN_POST)
     if body is None:
-        rest = _TAGS_AND_MENTIONS_RE.sub(" ", text) if ("#" in text or "@" in text) else text
+        rest = TAGS_AND_MENTIONS_RE.sub(" ", text) if ("#" in text or "@" in text) else text
 
     order = _order_by_token(rest, grammar) if by_token and grammar.by_token else None
     if order is None:
