@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bot.bench_stream import NotificationMaker
 from bot.cli import app
 from bot.storm import StormSpec, storm, write_jsonl
 from config.loader import load_brand
@@ -86,3 +87,24 @@ def test_dry_run_parses_without_a_database(recorded_storm: Path, small_xiaomi: P
     decisions = summary["decisions"]
     assert decisions["order"] > 2_000
     assert sum(decisions.values()) + summary["duplicates"] == 3_000
+
+
+def test_replay_reads_mastodon_notifications(
+    db_url: str, tmp_path: Path, small_xiaomi: Path
+) -> None:
+    """Notifications as the stream delivers them (and one whose status was deleted since)."""
+    brand = load_brand(small_xiaomi)
+    maker = NotificationMaker("http://localhost:3000", "xiaomi")
+    lines = []
+    for n, post in enumerate(storm(brand, StormSpec(posts=400, seed=9)), start=1):
+        note = maker.notification(n, **post.record())
+        lines.append(json.dumps(note, ensure_ascii=False))
+    lines.append(json.dumps({**note, "id": "9999", "status": None}))
+    path = tmp_path / "notifications.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    summary = _replay(path, small_xiaomi, db_url, "--format", "mastodon")
+
+    assert summary["posts"] == 400  # the null status is no post
+    assert sum(summary["units_allocated"].values()) > 0  # type: ignore[union-attr]
+    assert summary["decisions"]["order"] > 250  # type: ignore[index]
