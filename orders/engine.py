@@ -297,7 +297,7 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
             book.emit(outcome_for(cmd, "rejected", reason="nothing_to_cancel", sku=sku), i)
             continue
         done.update(row.id for row, _ in mine)
-        cancel(book, mine, cause="cancelled_by_buyer", at=cmd.posted_at)
+        cancel(book, mine, cause="cancelled_by_buyer", at=cmd.posted_at, answer=cmd)
 
 
 def _apply_deletes(book: Book, items: list[Indexed]) -> None:

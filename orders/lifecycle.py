@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from orders.book import Book
 from orders.bulk import insert_rows, next_ids, update_rows
 from orders.campaigns import read_rules
+from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge, refund, void
 from orders.placing import RESERVATION_COLUMNS, hold_expiry
@@ -53,9 +54,26 @@ def joined(*where: Any) -> Select[Any]:
     ).where(*where)
 
 
-def row_outcome(row: Row[Any], kind: OutcomeKind, **fields: Any) -> Outcome:
+def row_outcome(
+    row: Row[Any], kind: OutcomeKind, *, answer: Command | None = None, **fields: Any
+) -> Outcome:
+    """An outcome about reservation `row`, in reply to its order post, or to `answer` (the
+    buyer's cancel post) when given."""
     fields.setdefault("sku", row.sku)
     fields.setdefault("quantity", row.quantity)
+    if answer is not None:
+        return Outcome(
+            kind=kind,
+            platform=answer.platform,
+            post_id=answer.post_id,
+            buyer=answer.buyer,
+            handle=answer.handle,
+            campaign_id=row.campaign_id,
+            reservation_id=row.id,
+            lang=answer.decision.lang,
+            visibility=answer.visibility,
+            **fields,
+        )
     return Outcome(
         kind=kind,
         platform=row.platform,
@@ -71,15 +89,26 @@ def row_outcome(row: Row[Any], kind: OutcomeKind, **fields: Any) -> Outcome:
 
 
 def cancel(
-    book: Book, items: Sequence[tuple[Row[Any], int | None]], *, cause: str, at: datetime
+    book: Book,
+    items: Sequence[tuple[Row[Any], int | None]],
+    *,
+    cause: str,
+    at: datetime,
+    answer: Command | None = None,
 ) -> None:
-    """Cancel live reservations (rows from `joined`); `at` judges the refund deadline."""
+    """Cancel live reservations (rows from `joined`); `at` judges the refund deadline. The
+    outcomes answer `answer` (a cancel post) when given, else the reservation's own post."""
     updates: list[tuple[Any, ...]] = []
     voids: list[int] = []
     for row, order in items:
         rules = book.rules[row.campaign_id]
         if row.state == "confirmed" and not rules.may_refund(at):
-            book.emit(row_outcome(row, "rejected", state=row.state, reason="cancel_closed"), order)
+            book.emit(
+                row_outcome(
+                    row, "rejected", answer=answer, state=row.state, reason="cancel_closed"
+                ),
+                order,
+            )
             continue
         payment = row.payment
         if row.state == "confirmed" and payment == "posted":
@@ -103,7 +132,9 @@ def cancel(
             stock.dequeue(row.quantity)
         updates.append((row.id, "cancelled", cause, book.now, payment))
         book.transition(row.id, row.state, "cancelled", cause)
-        book.emit(row_outcome(row, "cancelled", state="cancelled", reason=cause), order)
+        book.emit(
+            row_outcome(row, "cancelled", answer=answer, state="cancelled", reason=cause), order
+        )
     void(book.session, voids, at=book.now)
     update_rows(
         book.session,

@@ -206,3 +206,48 @@ class Shop:
 
 def kinds(outcomes: Sequence[Outcome]) -> list[str]:
     return [o.kind for o in outcomes]
+
+
+def storm(
+    n: int, *, fans: int, seed: int = 7, campaign_id: str = "drop", redeliver: float = 0.05
+) -> list[Command]:
+    """A reproducible little storm: orders of one or two units over both SKUs, some fans
+    posting several times, some statuses and cancels, redeliveries of earlier posts."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[Command] = []
+    t = OPENS
+    for i in range(n):
+        if out and rng.random() < redeliver:
+            out.append(out[rng.randrange(max(0, len(out) - 300), len(out))])
+            continue
+        t += timedelta(milliseconds=rng.randrange(0, 40))
+        fan = f"f{rng.randrange(fans)}"
+        roll = rng.random()
+        if roll < 0.9:
+            decision = Decision(
+                "order",
+                sku=rng.choice(["PHONE-BLACK", "PHONE-BLACK", "PHONE-WHITE"]),
+                quantity=rng.choice([1, 1, 2]),
+            )
+        elif roll < 0.95:
+            decision = Decision("status")
+        else:
+            decision = Decision("cancel")
+        out.append(
+            Command(
+                platform="mastodon",
+                post_id=str(10_000 + i),
+                buyer=f"mastodon:{fan}",
+                handle=f"@{fan}",
+                posted_at=t,
+                decision=decision,
+                campaign_id=campaign_id,
+            )
+        )
+    return out
+
+
+def batches(cmds: Sequence[Command], size: int) -> list[list[Command]]:
+    return [list(cmds[i : i + size]) for i in range(0, len(cmds), size)]
