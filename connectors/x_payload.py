@@ -14,6 +14,7 @@ What a caller may rely on:
   its first version, with `edited_at` = this version's time, so an edit never becomes a second
   order.
 - Without `created_at`, the time is read from the snowflake id.
+- A long post's whole text and entities are read from `note_tweet` when it is there.
 - A retweet is a `repost`. v1.1 tweets (`id_str`, embedded `user`) are read as well.
 """
 
@@ -143,8 +144,13 @@ def post_from_tweet(tweet: Mapping[str, Any], users: Users = None) -> Post:
     escaped = tweet.get("text")
     if not isinstance(escaped, str):
         raise PayloadError("tweet has no text")
-
     entities = tweet.get("entities")
+    note = tweet.get("note_tweet")
+    if isinstance(note, Mapping) and isinstance(note.get("text"), str):
+        # A long post: `text` is cut at 280 characters; the whole text and its entities
+        # (offsets into that text) are in `note_tweet`.
+        escaped, entities = note["text"], note.get("entities")
+
     hashtags = mentions = body = None
     if isinstance(entities, Mapping):
         tag_spans = _entity_spans(entities, "hashtags", "tag")

@@ -137,7 +137,7 @@ class _Variants:
 class Grammar:
     """Everything `parse` needs for one campaign, compiled once.
 
-    The three dictionaries at the end are memo tables filled while parsing (bounded in size);
+    The dictionaries at the end are memo tables filled while parsing (bounded in size);
     they never change a decision, only how fast it is reached.
     """
 

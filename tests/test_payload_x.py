@@ -60,6 +60,26 @@ def test_offsets_are_code_points_into_escaped_text() -> None:
     assert post.hashtags == ("mi2",) and post.mentions == ("xiaomi",)
 
 
+def test_a_long_posts_whole_text_comes_from_note_tweet() -> None:
+    whole = "@xiaomi " + "please " * 40 + "#MI2 32gb black x2"
+    start = whole.index("#MI2")
+    tweet = {
+        "id": "1576994789110992896",
+        "text": whole[:277] + "…",
+        "note_tweet": {
+            "text": whole,
+            "entities": {
+                "hashtags": [{"start": start, "end": start + 4, "tag": "MI2"}],
+                "mentions": [{"start": 0, "end": 7, "username": "xiaomi"}],
+            },
+        },
+    }
+    post = post_from_tweet(tweet)
+    assert post.text == whole
+    assert post.hashtags == ("mi2",)
+    assert post.body is not None and post.body.endswith("32gb black x2")
+
+
 def test_offsets_that_do_not_fit_leave_body_empty_for_the_parser() -> None:
     tweet = {
         "id": "1576994789110992896",
