@@ -292,7 +292,7 @@ def _handle_event(site: Site, session: Session, event: Mapping[str, Any]) -> str
     if kind in PAID_EVENTS:
         paid = paid_session(obj)
         if paid is None:
-            return "unpaid"
+            return "unpaid" if obj.get("payment_status") != "paid" else "not_a_topup"
         applied = apply_topup(
             session,
             paid,

@@ -167,3 +167,12 @@ def test_burst_of_1000_deliveries_of_200_sessions_credits_exactly_200_times(shop
     assert shop.count(stripe_events) == 200
     assert {b: shop.balance(b) for b in buyers} == paid_in
     assert shop.audit() == []
+
+
+def test_payments_of_other_integrations_on_the_account_are_left_alone(shop: Shop) -> None:
+    made = shop.fake.create_session(buyer="order-1234", amount=5000)
+    response = shop.deliver(
+        shop.fake.event("checkout.session.completed", shop.fake.pay(made["id"]))
+    )
+    assert response.status_code == 200 and response.json()["outcome"] == "not_a_topup"
+    assert shop.count(transfers) == 0

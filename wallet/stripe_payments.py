@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from wallet.tables import transfers
 log = logging.getLogger(__name__)
 
 WEBHOOK_TOLERANCE_SECONDS = 300
+_BUYER_KEY = re.compile(r"^[^\s:]+:\S+$")  # "platform:account_id", as the ledger keys wallets
 # Stripe accepts a Checkout `expires_at` between 30 minutes and 24 hours after creation. The
 # margins cover the time between our clock reading and Stripe's.
 CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
@@ -337,7 +339,9 @@ def paid_session(obj: Mapping[str, Any]) -> PaidSession | None:
     buyer = obj.get("client_reference_id") or metadata.get("buyer")
     amount = obj.get("amount_total")
     currency = obj.get("currency")
-    if not buyer or not isinstance(amount, int) or not currency:
+    if not isinstance(buyer, str) or not _BUYER_KEY.match(buyer):
+        return None  # a payment some other integration on this Stripe account made
+    if not isinstance(amount, int) or not isinstance(currency, str) or len(currency) != 3:
         return None
     intent = obj.get("payment_intent")
     if isinstance(intent, Mapping):
