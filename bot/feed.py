@@ -107,15 +107,19 @@ def posts_from_json(
     if fmt == "text":
         return [post_from_record(value, shift=shift, platform=platform)]
     if fmt == "mastodon":
-        from connectors.mastodon_payload import post_from_notification, post_from_status
+        from connectors.mastodon_payload import (
+            is_notification,
+            post_from_notification,
+            post_from_status,
+        )
 
-        post = post_from_notification(value) if "type" in value else post_from_status(value)
+        post = post_from_notification(value) if is_notification(value) else post_from_status(value)
         return [] if post is None else [shifted(post, shift)]
     from connectors.x_payload import post_from_tweet, posts_from_page
 
     if "data" in value:
         return [shifted(post, shift) for post in posts_from_page(value)]
-    return [shifted(post_from_tweet(value, {}), shift)]
+    return [shifted(post_from_tweet(value), shift)]
 
 
 @dataclass

@@ -108,3 +108,42 @@ def test_replay_reads_mastodon_notifications(
     assert summary["posts"] == 400  # the null status is no post
     assert sum(summary["units_allocated"].values()) > 0  # type: ignore[union-attr]
     assert summary["decisions"]["order"] > 250  # type: ignore[index]
+
+
+def _tweet(tweet_id: str, author: str, text: str) -> dict[str, object]:
+    tag_at, mention_at = text.index("#MI2"), text.index("@xiaomi")
+    return {
+        "id": tweet_id,
+        "author_id": author,
+        "created_at": "2012-10-30T04:00:01.000Z",
+        "lang": "en",
+        "text": text,
+        "entities": {
+            "hashtags": [{"start": tag_at, "end": tag_at + 4, "tag": "MI2"}],
+            "mentions": [{"start": mention_at, "end": mention_at + 7, "username": "xiaomi"}],
+        },
+    }
+
+
+def test_replay_reads_x_pages_and_tweets(db_url: str, tmp_path: Path, small_xiaomi: Path) -> None:
+    page = {
+        "data": [
+            _tweet("1262000000000000001", "11", "@xiaomi #MI2 32gb black"),
+            _tweet("1262000000000000002", "12", "#MI2 @xiaomi 16GB white x2 &amp; fast"),
+        ],
+        "includes": {"users": [{"id": "11", "username": "a"}, {"id": "12", "username": "b"}]},
+        "meta": {"result_count": 2},
+    }
+    single = _tweet("1262000000000000003", "13", "@xiaomi #MI2 32gb white")
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(page) + "\n" + json.dumps(single) + "\n", encoding="utf-8")
+
+    summary = _replay(path, small_xiaomi, db_url, "--format", "twitter")
+
+    assert summary["posts"] == 3
+    assert summary["units_allocated"] == {
+        "MI2-16GB-BLACK": 0,
+        "MI2-16GB-WHITE": 2,
+        "MI2-32GB-BLACK": 1,
+        "MI2-32GB-WHITE": 1,
+    }
