@@ -32,6 +32,7 @@ from config.brand import Brand
 from connectors.base import AuthFailed, Connector
 from connectors.mastodon import MastodonConnector
 from connectors.pacing import Clock, SystemClock
+from connectors.twitter import connector_for_account
 from orders.campaigns import load_campaigns
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,15 @@ def connectors_for(
         )
     x = brand.accounts.x
     if x is not None:
-        from connectors.twitter import connector_for_account
-
         key = Source(brand.brand.id, "x").cursor_key
         found.append(
-            connector_for_account(x, account_key=key, clock=clock, initial_cursor=initial.get(key))
+            connector_for_account(
+                x,
+                account_key=key,
+                clock=clock,
+                initial_cursor=initial.get(key),
+                hashtag=brand.campaigns[0].hashtag if x.filtered_stream else None,
+            )
         )
     return found
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from bot.worker import Worker
 from config.brand import Brand
 from config.settings import Settings, get_settings
 
@@ -32,6 +33,19 @@ def _brands(settings: Settings, files: list[Path] | None) -> list[Brand]:
     return brands
 
 
+def _start(the_worker: Worker) -> None:
+    """Start a worker; a missing or refused token is a one-line error, not a traceback."""
+    from bot.worker import MissingTokenError
+    from connectors.base import ConnectorError
+
+    try:
+        the_worker.start()
+    except (MissingTokenError, ConnectorError) as exc:
+        the_worker.stop()
+        typer.echo(f"flashtag: cannot start the worker: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 BrandOption = typer.Option(None, "--brand", help="Brand file(s); default FLASHTAG_BRANDS")
 DbOption = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)")
 
@@ -44,7 +58,7 @@ def worker(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stream every brand account into the engine and send the replies (Procfile: worker)."""
-    from bot.worker import Worker, install_stop_signals
+    from bot.worker import install_stop_signals
     from config.database import create_engine, session_factory
 
     _logging(verbose)
@@ -54,7 +68,7 @@ def worker(
         session_factory(engine), _brands(settings, brand), max_posts=batch, max_wait_ms=wait_ms
     )
     install_stop_signals(the_worker.request_stop)
-    the_worker.start()
+    _start(the_worker)
     the_worker.wait()
     the_worker.stop()
     engine.dispose()
@@ -100,7 +114,7 @@ def run(
     from bot.clock import build_context, start_background
     from bot.schema import all_metadata
     from bot.web import create_app
-    from bot.worker import Worker
+    from bot.worker import install_stop_signals
     from config.database import create_engine, session_factory
 
     _logging(verbose)
@@ -112,20 +126,24 @@ def run(
             metadata.create_all(engine)
     sessions = session_factory(engine)
     the_worker = Worker(sessions, brands)
-    the_worker.start()
+    _start(the_worker)
     ctx = build_context(sessions, engine, brands, settings)
     scheduler = start_background(ctx)
     app = create_app(settings, sessions, brands, lambda: datetime.now(UTC))
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-
-    def watch() -> None:  # a failed worker part stops the web server too
-        the_worker.wait()
-        server.should_exit = True
-
-    threading.Thread(target=watch, name="watch", daemon=True).start()
+    # The web server runs in a thread (so it installs no signal handlers of its own); the main
+    # thread waits for SIGTERM/SIGINT or a failed part, then stops everything gracefully.
+    web = threading.Thread(target=server.run, name="web", daemon=True)
+    web.start()
+    install_stop_signals(the_worker.request_stop)
     try:
-        server.run()  # returns on SIGTERM / SIGINT (uvicorn handles both)
+        while not the_worker.wait(0.5):
+            if not web.is_alive():  # the port was taken, or the server failed
+                the_worker.health.errors.append("the web server stopped")
+                break
     finally:
+        server.should_exit = True
+        web.join(timeout=10)
         scheduler.shutdown(wait=True)
         if ctx.leadership is not None:
             ctx.leadership.release()
