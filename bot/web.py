@@ -48,16 +48,21 @@ from orders.tables import products, reservations
 from wallet import ledger
 from wallet.stripe_payments import (
     BadSignatureError,
+    PaidSession,
+    PaymentError,
     StripeRejectedError,
     StripeUnavailableError,
     TopupRequest,
     apply_charge_refunded,
+    charge_payment_intent,
+    knows_payment,
     make_client,
     mark_session_expired,
     open_checkout,
     paid_session,
     record_event,
     refund_failed,
+    session_for_payment,
     set_event_outcome,
     verify_event,
 )
@@ -285,7 +290,22 @@ def topup(site: Site, token: str, amount_text: str | None) -> Response:
     return RedirectResponse(checkout.url, status_code=303, headers={"Cache-Control": "no-store"})
 
 
-def _handle_event(site: Site, session: Session, event: Mapping[str, Any]) -> str:
+def _apply(site: Site, session: Session, paid: PaidSession, now: datetime) -> str:
+    applied = apply_topup(
+        session,
+        paid,
+        brands=site.brands,
+        now=now,
+        via="webhook",
+        public_url=site.settings.public_url,
+        signer=site.signer,
+    )
+    return "credited" if applied is not None else "already_credited"
+
+
+def _handle_event(
+    site: Site, session: Session, event: Mapping[str, Any], paid_first: PaidSession | None
+) -> str:
     kind = event.get("type")
     obj = (event.get("data") or {}).get("object") or {}
     now = site.clock()
@@ -293,24 +313,33 @@ def _handle_event(site: Site, session: Session, event: Mapping[str, Any]) -> str
         paid = paid_session(obj)
         if paid is None:
             return "unpaid" if obj.get("payment_status") != "paid" else "not_a_topup"
-        applied = apply_topup(
-            session,
-            paid,
-            brands=site.brands,
-            now=now,
-            via="webhook",
-            public_url=site.settings.public_url,
-            signer=site.signer,
-        )
-        return "credited" if applied is not None else "already_credited"
+        return _apply(site, session, paid, now)
     if kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
         mark_session_expired(session, obj)
         return "expired"
     if kind == "charge.refunded":
-        return f"debited:{apply_charge_refunded(session, obj, at=now)}"
+        prefix = ""
+        if paid_first is not None:  # the refund overtook its top-up: apply the top-up first
+            prefix = _apply(site, session, paid_first, now) + ","
+        return f"{prefix}debited:{apply_charge_refunded(session, obj, at=now)}"
     if kind in ("refund.failed", "refund.updated"):
         return f"restored:{refund_failed(session, obj, at=now)}"
     return "ignored"
+
+
+def _overtaken_topup(site: Site, event: Mapping[str, Any]) -> PaidSession | None:
+    """For a refund of a payment not applied here yet, the paid top-up it refunds, fetched from
+    Stripe before any transaction opens (no lock is held while Stripe answers)."""
+    if event.get("type") != "charge.refunded" or site.stripe is None:
+        return None
+    intent = charge_payment_intent((event.get("data") or {}).get("object") or {})
+    if intent is None:
+        return None
+    with site.factory() as session:
+        if knows_payment(session, intent):
+            return None
+    found = session_for_payment(site.stripe, intent)
+    return paid_session(found) if found is not None else None
 
 
 def webhook(site: Site, payload: bytes, signature: str | None) -> Response:
@@ -323,12 +352,17 @@ def webhook(site: Site, payload: bytes, signature: str | None) -> Response:
     except BadSignatureError as exc:
         log.warning("rejected a Stripe webhook: %s", exc)
         return JSONResponse({"error": "invalid signature"}, status_code=400)
+    try:
+        paid_first = _overtaken_topup(site, event)
+    except PaymentError as exc:  # Stripe is asked again when it redelivers the event
+        log.warning("webhook %s deferred: %s", event["id"], exc)
+        return JSONResponse({"error": "try again"}, status_code=503)
     for attempt in range(1, _WEBHOOK_ATTEMPTS + 1):
         try:
             with site.factory.begin() as session:
                 if not record_event(session, event, outcome="received", at=site.clock()):
                     return JSONResponse({"received": True, "duplicate": True})
-                outcome = _handle_event(site, session, event)
+                outcome = _handle_event(site, session, event, paid_first)
                 set_event_outcome(session, event["id"], outcome)
         except (IntegrityError, DBAPIError) as exc:
             # A concurrent delivery of the same payment won the race, or PostgreSQL found a

@@ -166,7 +166,9 @@ class FakeStripe:
         found = [
             s
             for s in sorted(self.sessions.values(), key=lambda s: (-s["created"], s["id"]))
-            if s["created"] >= gte and (not query.get("status") or s["status"] == query["status"])
+            if s["created"] >= gte
+            and (not query.get("status") or s["status"] == query["status"])
+            and (not query.get("payment_intent") or s["payment_intent"] == query["payment_intent"])
         ]
         after = query.get("starting_after")
         if after:

@@ -176,3 +176,35 @@ def test_payments_of_other_integrations_on_the_account_are_left_alone(shop: Shop
     )
     assert response.status_code == 200 and response.json()["outcome"] == "not_a_topup"
     assert shop.count(transfers) == 0
+
+
+def test_refunds_and_their_top_up_in_every_order_settle_the_same(shop: Shop) -> None:
+    import itertools
+
+    for n, order in enumerate(itertools.permutations(["paid", "refund1", "refund2"])):
+        buyer = f"mastodon:{700 + n}"
+        session = shop.paid_checkout(buyer, 5000)
+        events = {"paid": shop.fake.event("checkout.session.completed", session)}
+        events["refund1"] = shop.fake.event(
+            "charge.refunded", shop.fake.refund_in_dashboard(session["id"], 1000)
+        )
+        events["refund2"] = shop.fake.event(
+            "charge.refunded", shop.fake.refund_in_dashboard(session["id"], 1500)
+        )
+        for name in order:
+            assert shop.deliver(events[name]).status_code == 200
+        assert shop.balance(buyer) == 2500, order
+    assert shop.count(transfers, transfers.c.kind == "topup") == 6
+    assert shop.audit() == []
+
+
+def test_a_refund_ahead_of_its_top_up_waits_while_stripe_is_down(shop: Shop) -> None:
+    session = shop.paid_checkout(BUYER, 5000)
+    refund = shop.fake.event("charge.refunded", shop.fake.refund_in_dashboard(session["id"], 800))
+    shop.fake.faults = ["500"] * 3
+    assert shop.deliver(refund).status_code == 503  # Stripe redelivers it later
+    assert shop.count(stripe_events) == 0 and shop.balance(BUYER) == 0
+    assert shop.deliver(refund).json()["outcome"] == "credited,debited:800"
+    paid = shop.deliver(shop.fake.event("checkout.session.completed", session))
+    assert paid.json()["outcome"] == "already_credited"
+    assert shop.balance(BUYER) == 4200 and shop.audit() == []

@@ -429,6 +429,33 @@ def mark_session_expired(session: Session, obj: Mapping[str, Any]) -> None:
     )
 
 
+def charge_payment_intent(charge: Mapping[str, Any]) -> str | None:
+    intent = charge.get("payment_intent")
+    if isinstance(intent, Mapping):
+        intent = intent.get("id")
+    return str(intent) if intent else None
+
+
+def knows_payment(session: Session, payment_intent: str) -> bool:
+    """Whether the top-up paid by this PaymentIntent has been applied here."""
+    t = stripe_checkout_sessions
+    found = session.execute(
+        select(t.c.id).where(t.c.payment_intent == payment_intent, t.c.state == "paid")
+    ).first()
+    return found is not None
+
+
+def session_for_payment(client: stripe.StripeClient, payment_intent: str) -> dict[str, Any] | None:
+    """The Checkout Session that created this PaymentIntent, asked of Stripe (for a refund whose
+    top-up has not reached us yet: Stripe does not order its events)."""
+    page = _call(
+        "checkout.sessions.list",
+        client.v1.checkout.sessions.list,
+        params={"payment_intent": payment_intent, "limit": 1},
+    )
+    return page.data[0].to_dict() if page.data else None
+
+
 def apply_charge_refunded(session: Session, charge: Mapping[str, Any], *, at: datetime) -> int:
     """Debit what a `charge.refunded` says was refunded and we have not yet accounted for.
 
@@ -436,9 +463,7 @@ def apply_charge_refunded(session: Session, charge: Mapping[str, Any], *, at: da
     above everything already recorded for that payment intent (our own cash-outs included,
     which were debited when they were made). Returns the amount debited now.
     """
-    intent = charge.get("payment_intent")
-    if isinstance(intent, Mapping):
-        intent = intent.get("id")
+    intent = charge_payment_intent(charge)
     refunded = charge.get("amount_refunded")
     if not intent or not isinstance(refunded, int):
         return 0
