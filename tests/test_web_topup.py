@@ -92,11 +92,12 @@ def test_answer_lost_in_transit_still_one_session(shop: Shop) -> None:
     assert response.status_code == 303 and len(shop.fake.sessions) == 1
 
 
-@pytest.mark.parametrize("amount", ["499", "200001", "12.50", "-5", "abc", "9" * 20])
-def test_amounts_outside_the_brand_bounds_never_reach_stripe(shop: Shop, amount: str) -> None:
-    response = shop.http.get(f"/topup/{shop.token(BUYER)}", params={"amount": amount})
-    assert response.status_code == 400
-    assert "5.00 USD" in response.text and "2000.00 USD" in response.text
+def test_amounts_outside_the_brand_bounds_never_reach_stripe(shop: Shop) -> None:
+    for amount in ["499", "200001", "12.50", "-5", "abc", "9" * 20, "<script>"]:
+        response = shop.http.get(f"/topup/{shop.token(BUYER)}", params={"amount": amount})
+        assert response.status_code == 400, amount
+        assert "5.00 USD" in response.text and "2000.00 USD" in response.text
+        assert "<script>" not in response.text
     assert _posts(shop) == 0
 
 

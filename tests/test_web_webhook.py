@@ -50,34 +50,34 @@ def test_a_paid_top_up_credits_settles_and_queues_the_reply_in_one_go(shop: Shop
     assert shop.audit() == []
 
 
-@pytest.mark.parametrize(
-    "tamper",
-    ["wrong_secret", "no_header", "stale", "body_changed", "garbage_header", "future_secret"],
-)
-def test_unverified_deliveries_get_400_and_change_nothing(shop: Shop, tamper: str) -> None:
+def test_unverified_deliveries_get_400_and_change_nothing(shop: Shop) -> None:
+    from stripe_fake import signed
+
     shop.order(BUYER)
     event = shop.fake.event("checkout.session.completed", shop.paid_checkout(BUYER, 29900))
-    if tamper == "wrong_secret":
-        response = shop.deliver(event, secret="whsec_attacker")
-    elif tamper == "stale":
-        response = shop.deliver(event, timestamp=int(time.time()) - 301)
-    elif tamper == "future_secret":
-        response = shop.deliver(event, secret="")
-    else:
-        from stripe_fake import signed
-
-        body, headers = signed(event)
-        if tamper == "no_header":
-            del headers["Stripe-Signature"]
-        elif tamper == "garbage_header":
-            headers["Stripe-Signature"] = "t=abc,v1=zz"
-        else:  # a valid signature, for a body that says someone else paid
-            body = body.replace(BUYER.encode(), b"mastodon:666")
-        response = shop.http.post("/stripe/webhook", content=body, headers=headers)
-    assert response.status_code == 400
+    body, headers = signed(event)
+    forged_body = body.replace(BUYER.encode(), b"mastodon:666")  # says someone else paid
+    attempts = {
+        "wrong secret": signed(event, secret="whsec_attacker"),
+        "empty secret": signed(event, secret=""),
+        "stale (301 s)": signed(event, timestamp=int(time.time()) - 301),
+        "no header": (body, {"Content-Type": "application/json"}),
+        "garbage header": (body, {"Stripe-Signature": "t=abc,v1=zz"}),
+        "v0 scheme only": (
+            body,
+            {"Stripe-Signature": headers["Stripe-Signature"].replace("v1=", "v0=")},
+        ),
+        "body changed": (forged_body, headers),
+        "not json": (b"{oops", signed(event)[1]),
+    }
+    for name, (payload, sent_headers) in attempts.items():
+        response = shop.http.post("/stripe/webhook", content=payload, headers=sent_headers)
+        assert response.status_code == 400, name
     assert shop.count(stripe_events) == 0
     assert shop.balance(BUYER) == 0 and shop.balance("mastodon:666") == 0
     assert _state(shop, BUYER) == ["awaiting_payment"]
+    assert shop.deliver(event).status_code == 200  # the genuine delivery still counts
+    assert _state(shop, BUYER) == ["confirmed"]
 
 
 def test_redelivered_and_replayed_events_credit_once(shop: Shop) -> None:
