@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import config
 from bot.clock import build_context, start_background
+from bot.commands.orders_cmd import one_reply_per_kind
 from bot.demo_fans import Crowd, DemoStripe, Fan, plan_crowd
 from bot.demo_mock import MockAccount, MockMastodon, free_port
 from bot.schema import all_metadata
@@ -387,7 +388,7 @@ def run_demo(options: DemoOptions) -> int:
     worker.stop()
     final = snapshot(sessions, worker, crowd)
     with sessions() as session:
-        problems = audit(session)
+        problems = audit(session, extra=(one_reply_per_kind,))  # what `flashtag audit` runs
     timings["total"] = time.monotonic() - started
     summary = _summary(
         final,

@@ -121,7 +121,11 @@ def queue_outcomes(
     """Queue replies for outcomes, brand by brand."""
     by_brand: dict[str, tuple[Brand, list[Outcome]]] = {}
     for outcome in outcomes:
-        brand, _ = ctx.brand_of(outcome.campaign_id)
+        try:
+            brand, _ = ctx.brand_of(outcome.campaign_id)
+        except KeyError:  # a campaign whose brand file this clock no longer loads
+            log.error("no brand file for campaign %s: reply not queued", outcome.campaign_id)
+            continue
         by_brand.setdefault(brand.brand.id, (brand, []))[1].append(outcome)
     queued = 0
     for brand, items in by_brand.values():

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.commands.orders_cmd import one_reply_per_kind
 from bot.jobs import JobContext, run_job
 from bot.tables import outbox_messages
 from bot.web import create_app
@@ -219,4 +220,4 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
         get_settings.cache_clear()
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(posts)) == 3
-        assert audit(session) == []
+        assert audit(session, extra=(one_reply_per_kind,)) == []
