@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -157,11 +158,15 @@ def _hold_deadline(
     return found
 
 
-def _amount_due(session: Session, buyer: str, campaign: Campaign) -> int:
+def _amount_due(session: Session, buyer: str, campaign: Campaign, now: datetime) -> int:
+    """What the buyer's live holds cost beyond their credit."""
     r = reservations
     due = session.execute(
         select(func.coalesce(func.sum(r.c.amount), 0)).where(
-            r.c.buyer == buyer, r.c.campaign_id == campaign.id, r.c.state == "awaiting_payment"
+            r.c.buyer == buyer,
+            r.c.campaign_id == campaign.id,
+            r.c.state == "awaiting_payment",
+            r.c.hold_expires_at > now,
         )
     ).scalar_one()
     return max(int(due) - ledger.available(session, buyer, campaign.currency), 0)
@@ -201,37 +206,60 @@ def _link(site: Site, token: str) -> tuple[Any, Brand, Campaign] | HTMLResponse:
     return link, found[0], found[1]
 
 
+def _major(amount: int, campaign: Campaign) -> str:
+    """Minor units as the plain decimal a buyer types: 29900 -> "299.00"."""
+    return money(amount, campaign).rsplit(" ", 1)[0]
+
+
+def parse_major(text: str, campaign: Campaign) -> int | None:
+    """A decimal amount typed by a buyer ("50", "49.90") in minor units, exactly; None if it is
+    not a plain non-negative number with at most the currency's decimals."""
+    text = text.strip().replace(",", ".")
+    if not text or len(text) > 15 or not all(c.isdigit() or c == "." for c in text):
+        return None
+    try:
+        value = Decimal(text) * (10**campaign.minor_digits)
+    except InvalidOperation:
+        return None
+    if value != value.to_integral_value():
+        return None
+    return int(value)
+
+
 def _topup_form(token: str, campaign: Campaign, amount: int, error: str = "") -> str:
-    digits = campaign.minor_digits
     lo, hi = money(campaign.topup_min, campaign), money(campaign.topup_max, campaign)
-    unit = "1" if digits == 0 else f"0.{'0' * (digits - 1)}1"
     msg = f'<p class="note">{_e(error)}</p>' if error else ""
     return (
-        f"{msg}<p>Top up your {_e(campaign.name)} wallet with Stripe. "
-        f"Between {_e(lo)} and {_e(hi)}; amounts are in {_e(unit)} {_e(campaign.currency)} units "
-        f"of the smallest coin (minor units).</p>"
+        f"{msg}<p>Top up your wallet for {_e(campaign.name)} with Stripe: between {_e(lo)} and "
+        f"{_e(hi)}. Unused credit can be refunded to your card.</p>"
         f'<form method="get" action="/topup/{_e(token)}">'
-        f'<label>Amount (minor units) <input name="amount" inputmode="numeric" '
-        f'value="{_e(amount)}"></label> <button type="submit">Pay with Stripe</button></form>'
+        f'<label>Amount ({_e(campaign.currency)}) <input name="major" inputmode="decimal" '
+        f'value="{_e(_major(amount, campaign))}"></label> '
+        '<button type="submit">Pay with Stripe</button></form>'
     )
 
 
-def topup(site: Site, token: str, amount_text: str | None) -> Response:
+def topup(site: Site, token: str, amount_text: str | None, major: str | None = None) -> Response:
+    """`amount` is minor units (links the bot sends); `major` is what a buyer types in the form."""
     found = _link(site, token)
     if isinstance(found, HTMLResponse):
         return found
     link, brand, campaign = found
     now = site.clock()
     with site.factory() as session:
-        suggested = max(_amount_due(session, link.buyer, campaign), campaign.topup_min)
+        suggested = max(_amount_due(session, link.buyer, campaign, now), campaign.topup_min)
         hold_deadline = _hold_deadline(session, link.buyer, campaign.id, now)
     suggested = min(suggested, campaign.topup_max)
-    if amount_text is None or amount_text == "":
+    if not amount_text and not major:
         return _page("Top up", _topup_form(token, campaign, suggested), lang=campaign.language)
-    if not amount_text.isdigit() or len(amount_text) > 12:
-        form = _topup_form(token, campaign, suggested, "The amount must be a whole number.")
+    if amount_text:
+        parsed = int(amount_text) if amount_text.isdigit() and len(amount_text) <= 12 else None
+    else:
+        parsed = parse_major(major or "", campaign)
+    if parsed is None:
+        form = _topup_form(token, campaign, suggested, "Please enter an amount like 50.00.")
         return _page("Top up", form, 400, campaign.language)
-    amount = int(amount_text)
+    amount = parsed
     if not campaign.topup_min <= amount <= campaign.topup_max:
         error = (
             f"Top-ups are between {money(campaign.topup_min, campaign)} and "
@@ -545,8 +573,8 @@ def create_app(
     app.state.site = site
 
     @app.get("/topup/{token}")
-    def _topup(token: str, amount: str | None = None) -> Response:
-        return topup(site, token, amount)
+    def _topup(token: str, amount: str | None = None, major: str | None = None) -> Response:
+        return topup(site, token, amount, major)
 
     @app.post("/stripe/webhook")
     async def _webhook(request: Request) -> Response:

@@ -104,8 +104,18 @@ def test_amounts_outside_the_brand_bounds_never_reach_stripe(shop: Shop) -> None
 def test_without_an_amount_the_page_suggests_what_is_due(shop: Shop) -> None:
     shop.order(BUYER)
     response = shop.http.get(f"/topup/{shop.token(BUYER)}")
-    assert response.status_code == 200 and 'value="29900"' in response.text
+    assert response.status_code == 200 and 'value="299.00"' in response.text
     assert _posts(shop) == 0
+
+
+def test_the_form_takes_the_amount_as_a_buyer_types_it(shop: Shop) -> None:
+    token = shop.token(BUYER)
+    assert shop.http.get(f"/topup/{token}", params={"major": "49.9"}).status_code == 303
+    assert [s["amount_total"] for s in shop.fake.sessions.values()] == [4990]
+    for typed in ["49.999", "1e3", "-5", "", "4.99"]:
+        response = shop.http.get(f"/topup/{token}", params={"major": typed})
+        assert response.status_code in (200, 400), typed
+    assert len(shop.fake.sessions) == 1
 
 
 def test_forged_expired_and_foreign_links(shop: Shop) -> None:
