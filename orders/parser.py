@@ -138,7 +138,8 @@ class Grammar:
     """Everything `parse` needs for one campaign, compiled once.
 
     The dictionaries at the end are memo tables filled while parsing (bounded in size);
-    they never change a decision, only how fast it is reached.
+    they never change a decision, only how fast it is reached. They are not init fields, so
+    `dataclasses.replace` gives a changed grammar empty ones.
     """
 
     brand_id: str
@@ -160,10 +161,14 @@ class Grammar:
     topup_max: int
     fallback_lang: str
     by_token: bool  # every word is one token, so the per-token fast path gives the same answer
-    _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict, repr=False)
-    _tokens: dict[str, _Token] = field(default_factory=dict, repr=False)
-    _orders: dict[tuple[str, int, str], Decision] = field(default_factory=dict, repr=False)
-    _skus: dict[int, tuple[str | None, str]] = field(default_factory=dict, repr=False)
+    _decisions: dict[tuple[object, ...], Decision] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _tokens: dict[str, _Token] = field(default_factory=dict, init=False, repr=False)
+    _orders: dict[tuple[str, int, str], Decision] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _skus: dict[int, tuple[str | None, str]] = field(default_factory=dict, init=False, repr=False)
 
 
 _MEMO_LIMIT = 100_000
