@@ -536,7 +536,7 @@ def parse(post: ParsablePost, grammar: Grammar) -> Decision:
         return _parse(post, grammar, by_token=True)
     except Exception:
         logger.exception("cannot parse post %r", getattr(post, "post_id", None))
-        return Decision("reject", reason=UNPARSEABLE, lang=grammar.fallback_lang)
+        return Decision("reject", reason=UNPARSEABLE, lang=getattr(grammar, "fallback_lang", "en"))
 
 
 def parse_by_text(post: ParsablePost, grammar: Grammar) -> Decision:
@@ -548,4 +548,4 @@ def parse_by_text(post: ParsablePost, grammar: Grammar) -> Decision:
         return _parse(post, grammar, by_token=False)
     except Exception:
         logger.exception("cannot parse post %r", getattr(post, "post_id", None))
-        return Decision("reject", reason=UNPARSEABLE, lang=grammar.fallback_lang)
+        return Decision("reject", reason=UNPARSEABLE, lang=getattr(grammar, "fallback_lang", "en"))
