@@ -42,7 +42,6 @@ _VISIBILITY: Mapping[str, Visibility] = {
 }
 _BREAKS_RE = re.compile(r"<\s*(?:br|/?p)(?:\s[^>]*)?/?\s*>", re.IGNORECASE)
 _TAG_RE = re.compile(r"<[^>]*>")
-_SPACES_RE = re.compile(r"\s+")
 
 
 class PayloadError(ValueError):
@@ -51,9 +50,11 @@ class PayloadError(ValueError):
 
 def html_to_text(content: str) -> str:
     """Mastodon status HTML as plain text, one line, whitespace collapsed."""
-    text = _BREAKS_RE.sub(" ", content)
-    text = _TAG_RE.sub("", text)
-    return _SPACES_RE.sub(" ", html.unescape(text)).strip()
+    if "<" in content:
+        content = _TAG_RE.sub("", _BREAKS_RE.sub(" ", content))
+    if "&" in content:
+        content = html.unescape(content)
+    return " ".join(content.split())
 
 
 def parse_time(value: object) -> datetime:
@@ -87,6 +88,13 @@ def _names(items: object, key: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _tag(name: str) -> str:
+    # tags[].name is already normalised by the server; only check the common case cheaply.
+    if name.isascii() and name.isalnum() and not any(c.isupper() for c in name):
+        return name
+    return normalize_hashtag(name)
+
+
 def post_from_status(status: Mapping[str, Any]) -> Post:
     """One Mastodon Status entity as a `Post`; raises `PayloadError` when it cannot be one."""
     if not isinstance(status, Mapping):
@@ -110,7 +118,7 @@ def post_from_status(status: Mapping[str, Any]) -> Post:
         author_handle=acct if isinstance(acct, str) else "",
         created_at=parse_time(status.get("created_at")),
         text=html_to_text(content or ""),
-        hashtags=None if tags is None else tuple(normalize_hashtag(t) for t in tags),
+        hashtags=None if tags is None else tuple(_tag(t) for t in tags),
         mentions=None if mentions is None else tuple(m.lower() for m in mentions),
         lang=language if isinstance(language, str) else None,
         edited_at=parse_time(edited) if edited is not None else None,
