@@ -51,6 +51,13 @@ def test_hashtags_come_from_tags_name_not_the_html_spelling() -> None:
     assert hungary.hashtags == ("hungary",)
 
 
+def test_tag_names_are_normalised_like_mastodon_even_if_a_server_did_not() -> None:
+    status = stream_events()[0]["data"]
+    names = [{"name": n} for n in ("mi2", "Über", "ＭＩ２", "MI2", "blåhaj", "mi_2")]
+    post = post_from_status({**status, "tags": names})
+    assert post.hashtags == ("mi2", "uber", "mi2", "mi2", "blahaj", "mi_2")
+
+
 def test_bonfire_plain_link_mentions_come_from_the_mentions_field() -> None:
     status = fixture("status_remote_bonfire_plain_mentions_excerpt.json")["body"]
     assert 'class="u-url mention"' not in status["content"]
