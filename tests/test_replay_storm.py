@@ -125,7 +125,9 @@ def _tweet(tweet_id: str, author: str, text: str) -> dict[str, object]:
     }
 
 
-def test_replay_reads_x_pages_and_tweets(db_url: str, tmp_path: Path, small_xiaomi: Path) -> None:
+def test_replay_reads_x_pages_and_tweets_and_skips_a_broken_line(
+    db_url: str, tmp_path: Path, small_xiaomi: Path
+) -> None:
     page = {
         "data": [
             _tweet("1262000000000000001", "11", "@xiaomi #MI2 32gb black"),
@@ -136,11 +138,13 @@ def test_replay_reads_x_pages_and_tweets(db_url: str, tmp_path: Path, small_xiao
     }
     single = _tweet("1262000000000000003", "13", "@xiaomi #MI2 32gb white")
     path = tmp_path / "x.jsonl"
-    path.write_text(json.dumps(page) + "\n" + json.dumps(single) + "\n", encoding="utf-8")
+    lines = [json.dumps(page), "{not json", json.dumps(single)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     summary = _replay(path, small_xiaomi, db_url, "--format", "twitter")
 
     assert summary["posts"] == 3
+    assert summary["malformed_lines"] == 1  # counted and skipped; the replay goes on
     assert summary["units_allocated"] == {
         "MI2-16GB-BLACK": 0,
         "MI2-16GB-WHITE": 2,
