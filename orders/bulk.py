@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+@lru_cache(maxsize=8192)
 def sqlite_time(value: datetime) -> str:
     """A UTC datetime as SQLAlchemy stores it in SQLite (naive ISO text, microseconds)."""
     if value.tzinfo is not UTC:

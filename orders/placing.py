@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from orders.book import Book
 from orders.bulk import insert_rows, matching, next_ids
 from orders.commands import Command
-from orders.outcomes import Outcome
+from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge
 from orders.tables import LIVE_STATES, reservations
 
@@ -46,6 +46,14 @@ RESERVATION_COLUMNS = (
     "amount",
     "payment",
 )
+
+
+_KIND: dict[str, OutcomeKind] = {
+    "confirmed": "confirmed",
+    "awaiting_payment": "payment_needed",
+    "waitlisted": "waitlisted",
+    "rejected": "rejected",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,18 +182,27 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
     credit = balances(book.session, {(c.currency, c.buyer) for c in unpaid})
 
     rows: list[tuple[Any, ...]] = []
+    emit = book.emit
     for p in parts:
         cmd = p.request.command
         rules = book.rules[cmd.campaign_id]
         amount = rules.prices[p.sku] * p.quantity
+        state = p.state
         payment = None
         expires = None
-        if p.state == "awaiting_payment":
+        allocated_at = None
+        balance = None
+        due = None
+        if state == "awaiting_payment":
+            allocated_at = now
             if p.id in paid:
-                p.state = "confirmed"
+                state = "confirmed"
                 payment = "held" if rules.confirmation_step else "posted"
             else:
                 expires = now + rules.hold
+                due = amount
+                balance = credit.get((rules.currency, cmd.buyer))
+        lang = cmd.decision.lang
         rows.append(
             (
                 p.id,
@@ -195,41 +212,41 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
                 p.part,
                 cmd.buyer,
                 cmd.handle,
-                cmd.decision.lang,
+                lang,
                 cmd.visibility,
                 p.sku,
                 p.quantity,
-                p.state,
+                state,
                 p.reason,
                 cmd.posted_at,
-                now if p.state in ("awaiting_payment", "confirmed") else None,
+                allocated_at,
                 expires,
                 p.ticket,
                 amount,
                 payment,
             )
         )
-        kind = {
-            "confirmed": "confirmed",
-            "awaiting_payment": "payment_needed",
-            "waitlisted": "waitlisted",
-            "rejected": "rejected",
-        }[p.state]
-        book.emit(
-            _outcome(
-                cmd,
-                kind,
-                reservation_id=p.id,
-                sku=p.sku,
-                quantity=p.quantity,
-                state=p.state,
-                reason=p.reason,
-                queue_position=p.position,
-                hold_expires_at=expires,
-                amount_due=amount if p.state == "awaiting_payment" else None,
-                balance=credit.get((rules.currency, cmd.buyer))
-                if p.state == "awaiting_payment"
-                else None,
+        # Positional, in field order: this runs once per post of a storm.
+        emit(
+            Outcome(
+                _KIND[state],
+                cmd.platform,
+                cmd.post_id,
+                cmd.buyer,
+                cmd.handle,
+                cmd.campaign_id,
+                p.id,
+                p.sku,
+                p.quantity,
+                state,
+                p.reason,
+                p.position,
+                expires,
+                due,
+                balance,
+                None,
+                lang,
+                cmd.visibility,
             ),
             p.request.order,
         )
