@@ -30,13 +30,21 @@ from sqlalchemy.orm import Session
 from orders.book import Book
 from orders.bulk import insert_rows, matching, update_rows
 from orders.commands import Command
-from orders.lifecycle import cancel, due_reminders, expire_holds, joined, promote, settle_buyer
+from orders.lifecycle import (
+    cancel,
+    capture_held,
+    due_reminders,
+    expire_holds,
+    joined,
+    promote,
+    settle_buyer,
+)
 from orders.outcomes import Outcome
 from orders.payments import balances
 from orders.placing import OrderRequest, outcome_for, place_orders
 from orders.tables import LIVE_STATES, posts, reservations
 
-__all__ = ["apply", "due_reminders", "expire_holds", "settle_buyer"]
+__all__ = ["apply", "capture_held", "due_reminders", "expire_holds", "settle_buyer"]
 
 POST_COLUMNS = (
     "platform",

@@ -24,7 +24,7 @@ from orders.bulk import insert_rows, next_ids, update_rows
 from orders.campaigns import read_rules
 from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
-from orders.payments import Charge, balances, charge, refund, void
+from orders.payments import Charge, balances, capture, charge, refund, void
 from orders.placing import RESERVATION_COLUMNS, hold_expiry
 from orders.tables import ALLOCATED_STATES, campaigns, reservations
 
@@ -389,3 +389,26 @@ def due_reminders(
         )
     update_rows(session, reservations, ("id",), ("reminded_at",), updates)
     return out
+
+
+def capture_held(session: Session, campaign_id: str, *, now: datetime) -> list[Outcome]:
+    """Take the money of a confirmation-step campaign: settle the pending holds of its
+    confirmed reservations (the brand confirms the sale). Returns a `confirmed` outcome per
+    reservation paid; idempotent (a reservation is captured once)."""
+    book = Book.open(session, [campaign_id], now)
+    rows = session.execute(
+        joined(
+            r_.campaign_id == campaign_id, r_.state == "confirmed", r_.payment == "held"
+        ).order_by(r_.id)
+    ).all()
+    capture(session, [row.id for row in rows if row.amount > 0], at=now)
+    update_rows(
+        session,
+        reservations,
+        ("id",),
+        ("payment", "updated_at"),
+        [(row.id, "posted", now) for row in rows],
+    )
+    for row in rows:
+        book.emit(row_outcome(row, "confirmed", state="confirmed", reason="captured"))
+    return book.close()

@@ -81,6 +81,12 @@ def void(session: Session, reservation_ids: Sequence[int], *, at: datetime) -> N
         ledger.void_many(session, [hold_ref(i) for i in reservation_ids], at=at)
 
 
+def capture(session: Session, reservation_ids: Sequence[int], *, at: datetime) -> None:
+    """Settle the pending holds of these reservations (a confirmation step completed)."""
+    if reservation_ids:
+        ledger.post_many(session, [hold_ref(i) for i in reservation_ids], at=at)
+
+
 def refund(
     session: Session,
     *,

@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import event
 from test_engine_support import CLOSES, OPENS, Shop, kinds, make_brand
 
+from orders.engine import capture_held
+
 PRICE = 100_00
 
 
@@ -303,6 +305,15 @@ def test_a_confirmation_step_holds_credit_without_taking_it(db_url: str) -> None
     assert shop.balance("alice") == 0
     shop.apply(shop.delete(order))
     assert shop.balance("alice") == PRICE
+    # The brand confirms the sale of another order: only then is the money taken.
+    shop.apply(shop.post("alice"))
+    assert shop.balance("alice") == 0
+    with shop.sessions.begin() as s:
+        [out] = capture_held(s, shop.campaign_id, now=shop.now)
+    assert (out.kind, out.reason) == ("confirmed", "captured")
+    assert shop.reservations("alice")[-1]["payment"] == "posted"
+    with shop.sessions.begin() as s:
+        assert capture_held(s, shop.campaign_id, now=shop.now) == []
     assert shop.audit() == []
     shop.close()
 
