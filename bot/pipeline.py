@@ -314,6 +314,12 @@ class Pipeline:
             if not batch:
                 return []
             report = self._commit_with_retry(batch)
+        log.debug(
+            "batch: %d signal(s), %d outcome(s) in %.1f ms",
+            report.signals,
+            len(report.outcomes),
+            report.seconds * 1000,
+        )
         self.stats.signals += report.signals
         self.stats.batches += 1
         self.stats.outcomes += len(report.outcomes)

@@ -9,14 +9,16 @@ clean at the end.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import stripe
-from fastapi.testclient import TestClient
+import uvicorn
 from mastodon_mock.config import SeedAccount, SeedConfig
 from mastodon_mock.testing import MockServer
 from sqlalchemy import func, select
@@ -24,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.commands.orders_cmd import one_reply_per_kind
+from bot.demo_mock import free_port
 from bot.jobs import JobContext, run_job
 from bot.tables import outbox_messages
 from bot.web import create_app
@@ -165,7 +168,19 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
     clock = ShiftedClock()  # real time, until the test moves it on past ann's hold
     worker = Worker(sessions, [brand], clock=clock, max_wait_ms=20, sender_idle_seconds=0.05)
     worker.start()
-    web = TestClient(create_app(settings, sessions, [brand], clock.now))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, sessions, [brand], clock.now),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    web_thread = threading.Thread(target=server.run, daemon=True)
+    web_thread.start()
+    wait_for("the web server", lambda: server.started)
+    web = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
     clients = {f: mock.client(f) for f in FANS}
     ids = {f: str(c.account_verify_credentials()["id"]) for f, c in clients.items()}
     buyer = {f: f"mastodon:{ids[f]}" for f in FANS}
@@ -217,6 +232,9 @@ def test_orders_replies_top_up_lapse_and_promotion_end_to_end(
         assert page.status_code == 200
     finally:
         worker.stop()
+        web.close()
+        server.should_exit = True
+        web_thread.join(10)
         get_settings.cache_clear()
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(posts)) == 3
