@@ -111,3 +111,13 @@ def test_reconciliation_finishes_an_interrupted_cash_out(shop: Shop) -> None:
     reconcile_payments(shop.factory, shop.stripe, shop.brands, now=shop.clock.now)
     assert len(shop.fake.refunds) == 1
     assert shop.balance(BUYER) == 1200 and shop.audit() == []
+
+
+def test_a_page_failing_midway_applies_nothing(shop: Shop) -> None:
+    for i in range(120):
+        shop.fake.pay(shop.fake.create_session(buyer=f"x:{i}", amount=600)["id"])
+    shop.fake.faults = ["ok", "500", "500", "500"]  # page 1 arrives, page 2 never does
+    with pytest.raises(StripeUnavailableError):
+        _reconcile(shop)
+    assert shop.count(transfers) == 0
+    assert len(_reconcile(shop)) == 120

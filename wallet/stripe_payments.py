@@ -86,20 +86,25 @@ def make_client(
     )
 
 
+def _translate(what: str, exc: stripe.StripeError) -> PaymentError:
+    """Stripe's error as ours: worth retrying with the same key, or refused for good."""
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
+        log.warning("Stripe %s: unreachable or rate limited (%s)", what, type(exc).__name__)
+        return StripeUnavailableError(f"{what}: {type(exc).__name__}")
+    status = exc.http_status or 0
+    if status >= 500 or status == 409:
+        log.warning("Stripe %s: HTTP %s (request %s)", what, status, exc.request_id)
+        return StripeUnavailableError(f"{what}: HTTP {status}")
+    log.error("Stripe %s rejected: HTTP %s %s", what, status, exc.code)
+    return StripeRejectedError(f"{what}: HTTP {status} {exc.code or ''}".strip())
+
+
 def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run one Stripe call, mapping its errors onto ours in one place."""
     try:
         return fn(*args, **kwargs)
-    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-        log.warning("Stripe %s: unreachable or rate limited (%s)", what, type(exc).__name__)
-        raise StripeUnavailableError(f"{what}: {type(exc).__name__}") from exc
     except stripe.StripeError as exc:
-        status = exc.http_status or 0
-        if status >= 500 or status == 409:
-            log.warning("Stripe %s: HTTP %s (request %s)", what, status, exc.request_id)
-            raise StripeUnavailableError(f"{what}: HTTP {status}") from exc
-        log.error("Stripe %s rejected: HTTP %s %s", what, status, exc.code)
-        raise StripeRejectedError(f"{what}: HTTP {status} {exc.code or ''}".strip()) from exc
+        raise _translate(what, exc) from exc
 
 
 def _insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -535,11 +540,7 @@ def completed_sessions(client: stripe.StripeClient, *, since: datetime) -> Itera
         for item in page.auto_paging_iter():
             yield item.to_dict()
     except stripe.StripeError as exc:
-        _call("checkout.sessions.list (next page)", _raise, exc)
-
-
-def _raise(exc: Exception) -> None:
-    raise exc
+        raise _translate("checkout.sessions.list (next page)", exc) from exc
 
 
 def unapplied(session: Session, session_ids: list[str]) -> set[str]:
