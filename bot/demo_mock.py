@@ -69,7 +69,7 @@ class MockMastodon:
         self._config.write_text(json.dumps(mock_config(self.port, accounts, follows=follows)))
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "bot.demo_mock", str(self._config), str(self.port)],
             stdout=subprocess.DEVNULL,
