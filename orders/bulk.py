@@ -9,7 +9,7 @@ size and its plan can be cached.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -30,6 +30,20 @@ def sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.isoformat(" ", "microseconds")[:26]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_time_or_none(value: datetime | None) -> str | None:
+    return None if value is None else sqlite_time(value)
+
+
+def time_encoder(session: Session) -> Callable[[datetime | None], Any]:
+    """How row values of time columns are written: as they are on PostgreSQL, as SQLite's
+    text on SQLite. Rows built with it go to `insert_rows(..., encoded=True)`."""
+    return _same if is_postgres(session) else _sqlite_time_or_none
 
 
 def matching(
@@ -95,7 +109,7 @@ def _sqlite_rows(
 ) -> list[tuple[Any, ...]]:
     """Rows with their datetimes as SQLite stores them, constants appended."""
     times = [i for i, name in enumerate(columns) if _is_time(table.c[name].type)]
-    fixed = tuple(sqlite_time(v) if isinstance(v, datetime) else v for v in constants)
+    fixed = tuple(constants)
     if not times:
         return [(*row, *fixed) for row in rows]
     out = []
@@ -116,10 +130,12 @@ def insert_rows(
     rows: Sequence[Sequence[Any]],
     *,
     constants: Mapping[str, Any] | None = None,
+    encoded: bool = False,
 ) -> None:
     """Insert `rows` (tuples in `columns` order, plus `constants` for every row) in one
     statement. Callers filter out existing keys first, under the campaign lock; a row that
-    still collides is an error that rolls the whole batch back."""
+    still collides is an error that rolls the whole batch back. `encoded` says the rows'
+    times were already written with `time_encoder`."""
     if not rows:
         return
     constants = constants or {}
@@ -129,9 +145,16 @@ def insert_rows(
         session.execute(text(f"INSERT INTO {table.name} ({names}) {select_rows}"), params)
         return
     marks = ", ".join("?" for _ in range(len(columns) + len(constants)))
+    fixed = tuple(sqlite_time(v) if isinstance(v, datetime) else v for v in constants.values())
+    values: Sequence[Sequence[Any]]
+    if not encoded:
+        values = _sqlite_rows(table, columns, rows, fixed)
+    elif fixed:
+        values = [(*row, *fixed) for row in rows]
+    else:
+        values = rows
     session.connection().exec_driver_sql(
-        f"INSERT INTO {table.name} ({names}) VALUES ({marks})",
-        _sqlite_rows(table, columns, rows, list(constants.values())),
+        f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values
     )
 
 

@@ -19,7 +19,7 @@ and returns the outcomes in batch order. It flushes and never commits.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_rows, matching, update_rows
+from orders.bulk import insert_rows, matching, time_encoder, update_rows
 from orders.commands import Command
 from orders.lifecycle import (
     cancel,
@@ -103,14 +103,14 @@ def apply(session: Session, batch: Sequence[Command], *, now: datetime) -> list[
     return book.close()
 
 
-def _post_row(cmd: Command) -> tuple[Any, ...]:
+def _post_row(cmd: Command, encode: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
     d = cmd.decision
     return (
         cmd.platform,
         cmd.post_id,
         cmd.campaign_id,
         cmd.buyer,
-        cmd.posted_at,
+        encode(cmd.posted_at),
         d.decision,
         d.reason,
         d.quantity,
@@ -154,21 +154,24 @@ def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[
     for i, cmd in items:
         if (cmd.platform, cmd.post_id) in known:
             book.emit(outcome_for(cmd, "duplicate"), i)
+    encode = time_encoder(session)
     if deleted:
         insert_rows(
             session,
             posts,
             (*POST_COLUMNS, "deleted_at"),
-            [(*_post_row(c), c.posted_at) for _, c in fresh],
+            [(*_post_row(c, encode), encode(c.posted_at)) for _, c in fresh],
             constants={"attempts": 1, "seen_at": book.now},
+            encoded=True,
         )
         return fresh
     insert_rows(
         session,
         posts,
         POST_COLUMNS,
-        [_post_row(c) for _, c in fresh],
+        [_post_row(c, encode) for _, c in fresh],
         constants={"attempts": 1, "seen_at": book.now},
+        encoded=True,
     )
     return fresh
 

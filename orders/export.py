@@ -1,8 +1,8 @@
 """One line per reservation of a campaign, for the brand's fulfilment: `flashtag export`.
 
 Rows stream in reservation id order (memory stays flat however large the campaign). A waitlisted
-reservation's `queue_position` is exact here: the units waiting ahead of it in queue order (post
-time, post id, part) plus one.
+reservation's `queue_position` is exact here: the units waiting ahead of it in queue order
+(`queue_ticket`) plus one.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def export_rows(session: Session, campaign_id: str) -> Iterator[dict[str, Any]]:
         func.coalesce(
             func.sum(r_.quantity).over(
                 partition_by=r_.sku,
-                order_by=(r_.posted_at, r_.post_id, r_.part),
+                order_by=(r_.queue_ticket, r_.id),
                 rows=(None, -1),
             ),
             0,

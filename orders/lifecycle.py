@@ -2,7 +2,7 @@
 
 - `cancel` releases stock (or a waitlist place) and gives money back: a confirmed reservation is
   refunded to the wallet (or its pending hold voided) while the campaign allows cancellation.
-- `promote` hands free units to the waitlist in queue order (post time, post id, part). A
+- `promote` hands free units to the waitlist in queue order (`queue_ticket`). A
   waiting part bigger than what is free is split: the head takes what is free, the remainder
   keeps its place. A promoted buyer whose wallet covers the price is confirmed at once.
 - `expire_holds`, `settle_buyer` and `due_reminders` are the clock's and the top-up webhook's
@@ -157,7 +157,7 @@ def promote(book: Book) -> None:
         free = stock.free
         rows = session.execute(
             joined(r_.campaign_id == campaign_id, r_.sku == sku, r_.state == "waitlisted")
-            .order_by(r_.posted_at, r_.post_id, r_.part)
+            .order_by(r_.queue_ticket, r_.id)
             .limit(free)
         ).all()
         chosen: list[tuple[Row[Any], int]] = []

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_rows, matching, next_ids
+from orders.bulk import insert_rows, matching, next_ids, time_encoder
 from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge
@@ -183,6 +183,8 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
 
     rows: list[tuple[Any, ...]] = []
     emit = book.emit
+    encode = time_encoder(book.session)
+    now_text = encode(now)
     for p in parts:
         cmd = p.request.command
         rules = book.rules[cmd.campaign_id]
@@ -194,7 +196,7 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
         balance = None
         due = None
         if state == "awaiting_payment":
-            allocated_at = now
+            allocated_at = now_text
             if p.id in paid:
                 state = "confirmed"
                 payment = "held" if rules.confirmation_step else "posted"
@@ -218,9 +220,9 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
                 p.quantity,
                 state,
                 p.reason,
-                cmd.posted_at,
+                encode(cmd.posted_at),
                 allocated_at,
-                expires,
+                encode(expires),
                 p.ticket,
                 amount,
                 payment,
@@ -257,6 +259,7 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
             RESERVATION_COLUMNS,
             [row for row, p in zip(rows, parts, strict=True) if p.request.cause == cause],
             constants={"cause": cause, "created_at": now, "updated_at": now},
+            encoded=True,
         )
 
 

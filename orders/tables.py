@@ -143,6 +143,8 @@ posts = Table(
     Column("attempts", SmallInteger, nullable=False),
     Column("seen_at", UtcDateTime, nullable=False),
     Column("deleted_at", UtcDateTime, nullable=True),
+    # SQLite: the primary key is the table (one B-tree per post instead of two).
+    sqlite_with_rowid=False,
 )
 
 reservations = Table(
@@ -163,13 +165,15 @@ reservations = Table(
     Column("state", String(20), nullable=False),
     Column("reason", String(64), nullable=True),
     Column("cause", String(32), nullable=False),
-    # Queue order: post time, then the platform post id, then the part.
+    # When the post (or the edit that re-submitted it) was made: allocation goes in this order.
     Column("posted_at", UtcDateTime, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("allocated_at", UtcDateTime, nullable=True),
     Column("hold_expires_at", UtcDateTime, nullable=True),
     Column("reminded_at", UtcDateTime, nullable=True),
+    # The waitlist's order: units put on a SKU's waitlist are numbered as they join it (a batch
+    # joins in post-time order), and promotion takes the lowest tickets first.
     Column("queue_ticket", BigInteger, nullable=True),
     Column("amount", BigInteger, nullable=False),
     Column("payment", String(16), nullable=True),
@@ -187,15 +191,14 @@ reservations = Table(
         "state <> 'awaiting_payment' OR hold_expires_at IS NOT NULL", name="awaiting_expires"
     ),
     CheckConstraint("state <> 'confirmed' OR payment IN ('held', 'posted')", name="confirmed_paid"),
+    CheckConstraint("state <> 'waitlisted' OR queue_ticket IS NOT NULL", name="waitlist_ticket"),
 )
 Index("ix_order_reservations_campaign_buyer", reservations.c.campaign_id, reservations.c.buyer)
 Index(
     "ix_order_reservations_waitlist",
     reservations.c.campaign_id,
     reservations.c.sku,
-    reservations.c.posted_at,
-    reservations.c.post_id,
-    reservations.c.part,
+    reservations.c.queue_ticket,
     postgresql_where=text("state = 'waitlisted'"),
     sqlite_where=text("state = 'waitlisted'"),
 )
