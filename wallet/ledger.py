@@ -38,6 +38,7 @@ own (stock) take those first. Batch forms (``hold_many``, ``post_many``, ``void_
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -56,6 +57,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal_column,
     select,
     text,
     update,
@@ -246,7 +248,10 @@ def _member(
     """``column IN values`` for thousands of values, as few conditions as the backend allows.
 
     PostgreSQL gets one ``= ANY(string_to_array(...))`` over a single text parameter (cheap to
-    send, no bind-parameter limit); SQLite gets ``IN`` lists of up to 10,000.
+    send, no bind-parameter limit); SQLite gets ``IN (SELECT value FROM json_each(?))``. Every
+    column looked up this way leads a unique index, so the plan is an index probe per key even
+    before the table has statistics (a bulk-loaded, never-analyzed table looks tiny to the
+    planner).
     """
     wanted = sorted(set(values), key=str)
     if not wanted:
@@ -259,7 +264,8 @@ def _member(
         if isinstance(wanted[0], int):
             array = cast(array, ARRAY(BigInteger))
         return [column == any_(array)]
-    return [column.in_(chunk) for chunk in _chunks(wanted)]
+    keys = func.json_each(bindparam(None, json.dumps(wanted), type_=String))
+    return [column.in_(select(literal_column("value")).select_from(keys))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +295,7 @@ def _ensure_accounts(
     missing = [o for o in wanted if o not in found]
     if missing:
         ins = pg_insert(accounts) if _is_pg(session) else sqlite_insert(accounts)
-        stmt = ins.on_conflict_do_nothing(index_elements=["kind", "owner", "currency"])
+        stmt = ins.on_conflict_do_nothing(index_elements=["owner", "currency", "kind"])
         for chunk in _chunks(missing, 2_000):
             session.execute(
                 stmt,
@@ -310,7 +316,18 @@ def _lock(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
     out: dict[int, Row[Any]] = {}
     order = case((accounts.c.kind == "wallet", 0), (accounts.c.kind == "sales", 1), else_=2)
     for members in _member(session, accounts.c.id, ids):
-        stmt = select(accounts).where(members).order_by(order, accounts.c.id)
+        stmt = (
+            select(
+                accounts.c.id,
+                accounts.c.kind,
+                accounts.c.credits_posted,
+                accounts.c.debits_posted,
+                accounts.c.credits_pending,
+                accounts.c.debits_pending,
+            )
+            .where(members)
+            .order_by(order, accounts.c.id)
+        )
         if _is_pg(session):
             stmt = stmt.with_for_update()
         out.update({row.id: row for row in session.execute(stmt)})
@@ -329,34 +346,42 @@ class _Delta:
     debits_pending: int = 0
 
 
-_PG_APPLY = text(
+def _unnest_arrays(columns: Sequence[tuple[str, str]]) -> str:
+    """``unnest`` over one text parameter per column, split on the unit separator ('' = NULL).
+
+    One string per column is far cheaper to send than a driver-adapted array of 50,000 items.
     """
+    return ", ".join(
+        f"CAST(string_to_array(:{name}, chr(31), '') AS {sql_type}[])" for name, sql_type in columns
+    )
+
+
+_PG_APPLY = text(
+    f"""
     UPDATE wallet_accounts AS a SET
         credits_posted = a.credits_posted + v.cp,
         debits_posted = a.debits_posted + v.dp,
         credits_pending = a.credits_pending + v.cpn,
         debits_pending = a.debits_pending + v.dpn
-    FROM (SELECT unnest(CAST(:ids AS BIGINT[])) AS id, unnest(CAST(:cp AS BIGINT[])) AS cp,
-                 unnest(CAST(:dp AS BIGINT[])) AS dp, unnest(CAST(:cpn AS BIGINT[])) AS cpn,
-                 unnest(CAST(:dpn AS BIGINT[])) AS dpn) AS v
+    FROM unnest({_unnest_arrays([(c, "BIGINT") for c in ("id", "cp", "dp", "cpn", "dpn")])})
+        AS v(id, cp, dp, cpn, dpn)
     WHERE a.id = v.id
       AND (a.kind = 'clearing'
            OR a.debits_posted + v.dp + a.debits_pending + v.dpn <= a.credits_posted + v.cp)
     RETURNING a.id
     """
 )
-_SQLITE_APPLY = text(
-    """
+# Numbered parameters: ?1 id, ?2 credits_posted, ?3 debits_posted, ?4 credits_pending,
+# ?5 debits_pending (deltas).
+_SQLITE_APPLY = """
     UPDATE wallet_accounts SET
-        credits_posted = credits_posted + :cp,
-        debits_posted = debits_posted + :dp,
-        credits_pending = credits_pending + :cpn,
-        debits_pending = debits_pending + :dpn
-    WHERE id = :id
-      AND (kind = 'clearing'
-           OR debits_posted + :dp + debits_pending + :dpn <= credits_posted + :cp)
-    """
-)
+        credits_posted = credits_posted + ?2,
+        debits_posted = debits_posted + ?3,
+        credits_pending = credits_pending + ?4,
+        debits_pending = debits_pending + ?5
+    WHERE id = ?1
+      AND (kind = 'clearing' OR debits_posted + ?3 + debits_pending + ?5 <= credits_posted + ?2)
+"""
 
 
 def _apply(session: Session, deltas: Mapping[int, _Delta]) -> None:
@@ -370,26 +395,25 @@ def _apply(session: Session, deltas: Mapping[int, _Delta]) -> None:
         return
     if _is_pg(session):
         params = {
-            "ids": ids,
-            "cp": [deltas[i].credits_posted for i in ids],
-            "dp": [deltas[i].debits_posted for i in ids],
-            "cpn": [deltas[i].credits_pending for i in ids],
-            "dpn": [deltas[i].debits_pending for i in ids],
+            "id": _joined(ids),
+            "cp": _joined(deltas[i].credits_posted for i in ids),
+            "dp": _joined(deltas[i].debits_posted for i in ids),
+            "cpn": _joined(deltas[i].credits_pending for i in ids),
+            "dpn": _joined(deltas[i].debits_pending for i in ids),
         }
         changed = len(session.execute(_PG_APPLY, params).all())
     else:
         rows = [
-            {
-                "id": i,
-                "cp": deltas[i].credits_posted,
-                "dp": deltas[i].debits_posted,
-                "cpn": deltas[i].credits_pending,
-                "dpn": deltas[i].debits_pending,
-            }
+            (
+                i,
+                deltas[i].credits_posted,
+                deltas[i].debits_posted,
+                deltas[i].credits_pending,
+                deltas[i].debits_pending,
+            )
             for i in ids
         ]
-        result = session.connection().execute(_SQLITE_APPLY, rows)
-        changed = result.rowcount
+        changed = session.connection().exec_driver_sql(_SQLITE_APPLY, rows).rowcount
     if changed != len(ids):
         raise LedgerError(
             f"ledger totals moved on {changed} of {len(ids)} accounts: an account would have been"
@@ -458,16 +482,6 @@ def _conflict(row: Row[Any], new: _NewTransfer) -> TransferConflict:
         f"recorded {row.kind} of {row.amount} {row.currency} "
         f"(accounts {row.debit_id}->{row.credit_id}), asked {new.kind} of {new.amount} "
         f"{new.currency} (accounts {new.debit}->{new.credit})",
-    )
-
-
-def _unnest_arrays(columns: Sequence[tuple[str, str]]) -> str:
-    """``unnest`` over one text parameter per column, split on the unit separator ('' = NULL).
-
-    One string per column is far cheaper to send than a driver-adapted array of 50,000 items.
-    """
-    return ", ".join(
-        f"CAST(string_to_array(:{name}, chr(31), '') AS {sql_type}[])" for name, sql_type in columns
     )
 
 

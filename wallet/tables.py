@@ -96,7 +96,8 @@ accounts = Table(
     Column("credits_pending", BigInteger, nullable=False, server_default="0"),
     Column("debits_pending", BigInteger, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime, nullable=False),
-    UniqueConstraint("kind", "owner", "currency"),
+    # Owner first: batch lookups by owner must probe this index, never scan by kind/currency.
+    UniqueConstraint("owner", "currency", "kind"),
     UniqueConstraint("id", "currency", name="uq_wallet_accounts_id_currency"),
     CheckConstraint(_in("kind", ACCOUNT_KINDS), name="kind"),
     CheckConstraint("length(currency) = 3 AND upper(currency) = currency", name="currency"),
