@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -219,11 +219,13 @@ def queue(
         )
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues")
+    # from one cached compilation, so a batch of 500 costs a few statements, not 500.
     inserted = session.execute(
         insert(outbox_messages)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["account", "idempotency_key"])
-        .returning(outbox_messages.c.id)
+        .returning(outbox_messages.c.id),
+        rows,
     ).all()
     session.flush()
     return len(inserted)
@@ -288,30 +290,32 @@ class Sender:
         """(lost the race, claim). Losing happens only where SKIP LOCKED is not available."""
         now = self._clock.now()
         t = outbox_messages.c
+        columns = (
+            t.id,
+            t.attempts,
+            t.text,
+            t.visibility,
+            t.idempotency_key,
+            t.in_reply_to,
+            t.handle,
+            t.recipient_id,
+            t.lang,
+        )
         with self._factory.begin() as session:
-            row = session.execute(
-                select(
-                    t.id,
-                    t.attempts,
-                    t.text,
-                    t.visibility,
-                    t.idempotency_key,
-                    t.in_reply_to,
-                    t.handle,
-                    t.recipient_id,
-                    t.lang,
-                )
-                .where(
-                    t.account == self.account,
-                    or_(
-                        and_(t.state == "queued", t.due_at <= now),
-                        and_(t.state == "sending", t.lease_until < now),
-                    ),
-                )
-                .order_by(t.priority, t.due_at, t.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
+            # Two index walks on (account, state, priority, due_at, id) rather than one OR that
+            # would scan every queued row: first a message whose sender died (its lease lapsed;
+            # there are at most as many `sending` rows as senders), then the most urgent due one.
+            row = None
+            for state, due in (("sending", t.lease_until < now), ("queued", t.due_at <= now)):
+                row = session.execute(
+                    select(*columns)
+                    .where(t.account == self.account, t.state == state, due)
+                    .order_by(t.priority, t.due_at, t.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is not None:
+                    break
             if row is None:
                 return False, None
             claimed = session.execute(

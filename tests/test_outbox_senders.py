@@ -298,3 +298,21 @@ def test_the_sender_paces_itself_by_the_last_rate_limit_headers(engine: Engine) 
     sender = Sender(session_factory(engine), connector, clock=clock)
     sender.send_one()
     assert clock.sleeps == [pytest.approx(25.0)]
+
+
+def test_a_message_whose_sender_died_mid_send_goes_out_once_its_lease_lapses(
+    engine: Engine,
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    queue_replies(engine, clock, 2, platform="x")
+    connector = RecordingConnector(clock)
+    factory = session_factory(engine)
+    crashed = Sender(factory, connector, clock=clock, name="crashed")
+    taken = crashed._claim()  # claimed, then the process died before sending
+    assert taken is not None
+    survivor = Sender(factory, connector, clock=clock, name="survivor")
+    assert len(survivor.drain()) == 1  # only the other message: the claimed one is leased
+    clock.advance(6 * 60)  # past the five-minute lease
+    (again,) = survivor.drain()
+    assert again.message_id == taken.id and again.result == "sent"
+    assert sum(connector.sent.values()) == 2
