@@ -74,6 +74,7 @@ class DemoOptions:
     live: bool = True
     web_port: int | None = None
     max_seconds: float = 240.0
+    spread_seconds: float = 4.0  # the crowd's mean delay before a fan's first post
 
 
 @dataclass
@@ -229,7 +230,13 @@ def run_demo(options: DemoOptions) -> int:
     campaign0 = base.campaigns[0]
     assert base.accounts.mastodon is not None
     bot_name = base.accounts.mastodon.username
-    fans = plan_crowd(options.fans, seed=options.seed, campaign=campaign0, bot_username=bot_name)
+    fans = plan_crowd(
+        options.fans,
+        seed=options.seed,
+        campaign=campaign0,
+        bot_username=bot_name,
+        spread_seconds=options.spread_seconds,
+    )
     accounts = [MockAccount(bot_name, BOT_TOKEN)] + [MockAccount(f.username, f.token) for f in fans]
     follows = [(bot_name, f.username) for f in fans if f.deletes]
     started = time.monotonic()
@@ -346,7 +353,7 @@ def run_demo(options: DemoOptions) -> int:
             scheduler.reschedule_job(
                 f"announce:{campaign0.id}:close", trigger=DateTrigger(run_date=now, timezone=UTC)
             )
-        crowd.stop()
+        crowd.stop_posting()
         return now
 
     live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None

@@ -112,6 +112,7 @@ def plan_crowd(
 ) -> list[Fan]:
     """What each of `count` fans will do (reproducible from `seed`)."""
     rng = random.Random(seed)
+    later = spread_seconds / 4.0  # second thoughts come later in a slower crowd
     mention = f"@{bot_username}"
     tag = campaign.hashtag
     fans: list[Fan] = []
@@ -127,13 +128,21 @@ def plan_crowd(
             )
             if rng.random() < 0.5:  # tries again, properly
                 actions.append(
-                    Action(first + rng.uniform(2, 6), "order", _order_text(rng, lang, mention, tag))
+                    Action(
+                        first + later * rng.uniform(2, 6),
+                        "order",
+                        _order_text(rng, lang, mention, tag),
+                    )
                 )
         else:
             actions.append(Action(first, "order", _order_text(rng, lang, mention, tag)))
         if rng.random() < 0.08:
             actions.append(
-                Action(first + rng.uniform(0.5, 8), "again", _order_text(rng, lang, mention, tag))
+                Action(
+                    first + later * rng.uniform(0.5, 8),
+                    "again",
+                    _order_text(rng, lang, mention, tag),
+                )
             )
         prepays = rng.random() < 0.15
         if prepays:
@@ -143,11 +152,15 @@ def plan_crowd(
         deletes = False
         if cancel_roll < 0.03:
             actions.append(
-                Action(first + rng.uniform(3, 10), "cancel", f"{mention} #{tag} {_CANCEL[lang]}")
+                Action(
+                    first + later * rng.uniform(3, 10),
+                    "cancel",
+                    f"{mention} #{tag} {_CANCEL[lang]}",
+                )
             )
         elif cancel_roll < 0.06:
             deletes = True
-            actions.append(Action(first + rng.uniform(3, 10), "delete"))
+            actions.append(Action(first + later * rng.uniform(3, 10), "delete"))
         fans.append(
             Fan(
                 index=index,
@@ -259,6 +272,7 @@ class Crowd:
         self._stop = threading.Event()
         self._seq = 0
         self._posts_left = 0
+        self._posting_stopped = False
 
     def _push(self, at: float, fan: Fan, action: Action) -> None:
         with self._lock:
@@ -267,6 +281,8 @@ class Crowd:
             self._seq += 1
             if action.kind == "prepay":
                 heapq.heappush(self._payments, (at, self._seq, fan.index, action))
+                return
+            if self._posting_stopped:
                 return
             self._posts_left += 1
             heapq.heappush(self._heap, (at, self._seq, fan.index, action))
@@ -277,18 +293,29 @@ class Crowd:
             return self._posts_left
 
     def prepay(self) -> None:
-        """Top-ups made before the sale opens (fans who keep credit ready)."""
-        with httpx.Client() as client:
-            for fan in self.fans:
-                for action in fan.actions:
-                    if action.kind == "prepay":
-                        self._stripe.pay(
-                            client,
-                            buyer=fan.buyer,
-                            campaign_id=self._campaign_id,
-                            amount=action.amount,
-                        )
+        """Top-ups made before the sale opens (fans who keep credit ready), a few at a time."""
+        todo = [(f, a) for f in self.fans for a in f.actions if a.kind == "prepay"]
+
+        def pay(share: list[tuple[Fan, Action]]) -> None:
+            with httpx.Client() as client:
+                for fan, action in share:
+                    self._stripe.pay(
+                        client,
+                        buyer=fan.buyer,
+                        campaign_id=self._campaign_id,
+                        amount=action.amount,
+                    )
+                    with self._lock:
                         self.stats.posted["prepay"] += 1
+
+        threads = [
+            threading.Thread(target=pay, args=(todo[i :: self._threads],), daemon=True)
+            for i in range(self._threads)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def schedule(self, start: float) -> None:
         for fan in self.fans:
@@ -304,9 +331,18 @@ class Crowd:
         with self._lock:
             return len(self._heap) + len(self._payments)
 
-    def stop(self) -> None:
-        """The sale is over: fans stop acting (what is still scheduled is dropped)."""
+    def stop_posting(self) -> None:
+        """The sale closed: fans stop posting (what is still scheduled is dropped), but those
+        holding a reservation still pay for it."""
         with self._lock:
+            self._posting_stopped = True
+            self._posts_left -= len(self._heap)
+            self._heap.clear()
+
+    def stop(self) -> None:
+        """The demo is over: nobody acts any more."""
+        with self._lock:
+            self._posting_stopped = True
             self._stop.set()
             self._heap.clear()
             self._payments.clear()

@@ -18,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from mastodon_mock.config import SeedAccount, SeedConfig
-from mastodon_mock.testing import MockServer
+from mastodon import Mastodon
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from bot import cursors
 from bot.commands.orders_cmd import one_reply_per_kind
+from bot.demo_mock import MockAccount, MockMastodon
 from bot.tables import outbox_messages
 from config.database import create_engine, session_factory
 from orders.audit import audit
@@ -79,13 +79,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> Non
 
 
 @pytest.fixture
-def mock() -> Iterator[MockServer]:
-    seed = SeedConfig(
-        accounts=[SeedAccount(username="shop", access_token="shop-token")]
-        + [SeedAccount(username=f"fan{i}", access_token=f"fan{i}-token") for i in range(FANS)]
-    )
-    with MockServer(seed=seed) as server:
-        yield server
+def mock(tmp_path: Path) -> Iterator[MockMastodon]:
+    """mastodon-mock in a process of its own, so it and the test each get a core."""
+    accounts = [MockAccount("shop", "shop-token")] + [
+        MockAccount(f"fan{i}", f"fan{i}-token") for i in range(FANS)
+    ]
+    server = MockMastodon(tmp_path, accounts)
+    server.start()
+    yield server
+    server.stop()
 
 
 def start_worker(brand: Path, db_url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -105,7 +107,7 @@ def decided(engine: Engine) -> int:
 
 
 def test_a_killed_worker_restarts_and_every_post_is_decided_exactly_once(
-    mock: MockServer, db_url: str, tmp_path: Path
+    mock: MockMastodon, db_url: str, tmp_path: Path
 ) -> None:
     brand = brand_file(tmp_path, mock.base_url)
     log = tmp_path / "worker.log"
@@ -113,7 +115,9 @@ def test_a_killed_worker_restarts_and_every_post_is_decided_exactly_once(
     posted: list[str] = []
     lock = threading.Lock()
 
-    clients = [mock.client(f"fan{i}") for i in range(FANS)]
+    clients = [
+        Mastodon(access_token=f"fan{i}-token", api_base_url=mock.base_url) for i in range(FANS)
+    ]
 
     def fans(first_fan: int) -> None:  # a few clients, as the mock serves one write at a time
         for n in range(POSTS_EACH):
