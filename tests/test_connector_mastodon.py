@@ -24,6 +24,7 @@ from mastodon_mock.config import (
     MastodonMockConfig,
     SeedAccount,
     SeedConfig,
+    SeedFollow,
     StreamingConfig,
 )
 from mastodon_mock.db.models import Account
@@ -145,7 +146,10 @@ def _serve(fans: int) -> MockServer:
     ]
     config = MastodonMockConfig(
         database=DatabaseConfig(path=":memory:"),
-        seed=SeedConfig(accounts=accounts),
+        # The shop follows fan001, so that fan's edits and deletes reach its user stream.
+        seed=SeedConfig(
+            accounts=accounts, follows=[SeedFollow(follower="shop", following="fan001")]
+        ),
         streaming=StreamingConfig(heartbeat_seconds=0.2, queue_maxsize=20_000),
     )
     return MockServer(config=config)
@@ -338,6 +342,38 @@ def test_replies_carry_an_idempotency_key_so_a_retry_posts_once(
     status = requests.get(f"{server.base_url}/api/v1/statuses/{first}", timeout=5).json()
     assert status["visibility"] == "unlisted"
     assert "@fan001" in status["content"] or any(m["acct"] == "fan001" for m in status["mentions"])
+
+
+def test_user_stream_edits_and_deletes_of_a_mention_become_signals(
+    server: MockServer, proxy: CuttableProxy, started: list[MastodonConnector]
+) -> None:
+    sink = Collector()
+    c = connector(proxy.url, FakeClock())
+    started.append(c)
+    thread = run(c, sink)
+    fan = requests.Session()
+    fan.headers["Authorization"] = "Bearer fan001_token"
+    status = fan.post(
+        f"{server.base_url}/api/v1/statuses",
+        data={"status": "@shop #DemoPhone 1 black 64GB"},
+        timeout=5,
+    ).json()
+    sink.wait_for(1)
+    fan.put(
+        f"{server.base_url}/api/v1/statuses/{status['id']}",
+        data={"status": "@shop #DemoPhone 2 black 64GB"},
+        timeout=5,
+    )
+    fan.delete(f"{server.base_url}/api/v1/statuses/{status['id']}", timeout=5)
+    sink.wait_for(3)
+    stop(c, thread)
+    order, edit, deletion = sink.signals[:3]
+    assert isinstance(order, Post) and order.edited_at is None
+    assert isinstance(edit, Post) and edit.edited_at is not None
+    assert edit.post_id == order.post_id == status["id"] and "2 black" in edit.text
+    assert deletion == Deletion(
+        platform="mastodon", post_id=status["id"], deleted_at=deletion.deleted_at
+    )
 
 
 @responses.activate
