@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import config
 from bot.clock import build_context, start_background
 from bot.commands.orders_cmd import one_reply_per_kind
+from bot.commands.run_cmd import prepare_schema
 from bot.demo_fans import Crowd, DemoStripe, Fan, plan_crowd
 from bot.demo_mock import MockAccount, MockMastodon, free_port
 from bot.schema import all_metadata
@@ -272,8 +273,7 @@ def run_demo(options: DemoOptions) -> int:
     if options.db:  # a database of the caller's: start it clean
         for metadata in reversed(all_metadata()):
             metadata.drop_all(engine)
-    for metadata in all_metadata():
-        metadata.create_all(engine)
+    prepare_schema(db_url)
     sessions = session_factory(engine)
 
     # The sale closes once the crowd is through; this is only the latest it may run (a busy

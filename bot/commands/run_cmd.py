@@ -33,6 +33,23 @@ def _brands(settings: Settings, files: list[Path] | None) -> list[Brand]:
     return brands
 
 
+def prepare_schema(url: str) -> None:
+    """Bring a one-machine database up to date: the Alembic migrations when the project has
+    them (so a later `flashtag db upgrade` finds its own history), else the tables as declared."""
+    from bot.schema import MIGRATIONS, all_metadata, upgrade
+    from config.database import create_engine
+
+    if any((MIGRATIONS / "versions").glob("*.py")):
+        upgrade(url)
+        return
+    engine = create_engine(url)
+    try:
+        for metadata in all_metadata():
+            metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
 def _start(the_worker: Worker) -> None:
     """Start a worker; a missing or refused token is a one-line error, not a traceback."""
     from bot.worker import MissingTokenError
@@ -112,7 +129,6 @@ def run(
     import uvicorn
 
     from bot.clock import build_context, start_background
-    from bot.schema import all_metadata
     from bot.web import create_app
     from bot.worker import install_stop_signals
     from config.database import create_engine, session_factory
@@ -122,8 +138,7 @@ def run(
     brands = _brands(settings, brand)
     engine = create_engine(db or settings.database_url)
     if create:
-        for metadata in all_metadata():
-            metadata.create_all(engine)
+        prepare_schema(db or settings.database_url)
     sessions = session_factory(engine)
     the_worker = Worker(sessions, brands)
     _start(the_worker)
