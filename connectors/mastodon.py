@@ -73,6 +73,10 @@ class _Stopped(Exception):  # noqa: N818 - control flow, not an error
     """Raised inside the stream reader to leave it when the connector shuts down."""
 
 
+class _SinkFailed(Exception):  # noqa: N818 - carries the sink's own exception out of the reader
+    """The sink raised: that is the caller's failure, not the network's, so no reconnect."""
+
+
 class _ResponseTap:
     """A requests hook that keeps each thread's last response: raw JSON and rate-limit headers.
 
@@ -323,6 +327,8 @@ class MastodonConnector(Connector):
                 error: ConnectorError = classify(503, now=self._clock.now(), message="stream ended")
             except _Stopped:
                 return
+            except _SinkFailed as exc:
+                raise exc.__cause__ or exc from None
             except ConnectorError as exc:  # raised by our own callbacks (backfill)
                 error = exc
             except Exception as exc:  # any stream failure means: reconnect
@@ -357,17 +363,25 @@ class MastodonConnector(Connector):
         return True
 
     def _deliver(self, sink: Sink, signal: Signal | None, notification_id: str | None) -> None:
+        """Hand `signal` to the sink once; only then count it as seen and move the cursor (if
+        the sink fails, the next backfill offers the same mention again)."""
         with self._sink_lock:
-            if notification_id is not None:
-                if not self._remember(f"n:{notification_id}"):
-                    return
-                self._cursor = newer(self._cursor, notification_id)
-            if signal is None:
+            note = f"n:{notification_id}" if notification_id is not None else None
+            if note is not None and note in self._seen:
                 return
+            cursor = newer(self._cursor, notification_id) if notification_id else None
             new_post = isinstance(signal, Post) and signal.edited_at is None
-            if new_post and not self._remember(f"s:{signal.post_id}"):
-                return
-            sink(signal, self._cursor if notification_id is not None else None)
+            status = f"s:{signal.post_id}" if new_post and signal is not None else None
+            if signal is not None and (status is None or status not in self._seen):
+                try:
+                    sink(signal, cursor)
+                except Exception as exc:
+                    raise _SinkFailed from exc
+                if status is not None:
+                    self._remember(status)
+            if note is not None:
+                self._remember(note)
+                self._cursor = cursor
 
     def _backfill(self, sink: Sink) -> None:
         with self._backfill_lock:

@@ -376,6 +376,31 @@ def test_user_stream_edits_and_deletes_of_a_mention_become_signals(
     )
 
 
+def test_a_failing_sink_stops_the_stream_and_its_mention_is_offered_again(
+    server: MockServer, proxy: CuttableProxy, started: list[MastodonConnector]
+) -> None:
+    Fans(server).mention(5)
+    c = connector(proxy.url, FakeClock())
+    started.append(c)
+    seen: list[str] = []
+
+    def broken_pipeline(signal: Signal, cursor: str | None) -> None:
+        if len(seen) == 2:
+            raise RuntimeError("database is down")
+        seen.append(signal.post_id)
+
+    with pytest.raises(RuntimeError, match="database is down"):
+        c.stream(broken_pipeline)  # not a network problem: no reconnect loop, the caller decides
+    assert c.reconnects == 0
+    sink = Collector()
+    c.initialize()
+    thread = run(c, sink)
+    sink.wait_for(3)
+    stop(c, thread)
+    again = [p.post_id for p in sink.posts()]
+    assert len(again) == 3 and not set(again) & set(seen)  # the third is offered again, once
+
+
 @responses.activate
 def test_poll_skips_notifications_whose_status_is_null() -> None:
     # mastodon.social: 39 of 40 mention notifications came back with "status": null.
