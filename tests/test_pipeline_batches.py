@@ -15,7 +15,7 @@ from bot.pipeline import Batcher, Envelope, Pipeline, Source, to_command
 from bot.tables import outbox_messages
 from config.brand import Brand
 from config.database import session_factory
-from config.loader import load_brand
+from config.loader import load_brand, parse_brand
 from connectors.pacing import FakeClock
 from connectors.post import Deletion, Post
 from orders.campaigns import load_campaigns
@@ -174,3 +174,76 @@ def test_edits_are_stamped_with_their_edit_time_and_deletes_cancel(
     assert by_post["1001"].sku == "DEMO-64-WHITE"
     assert by_post["1001"].posted_at == edited_at  # no queue jumping by editing
     assert by_post["1002"].state == "cancelled"
+
+
+TWO_DROPS = """
+[brand]
+id = "twin"
+name = "Twin"
+
+[accounts.mastodon]
+base_url = "http://127.0.0.1:9"
+username = "twinshop"
+token_env = "TWIN_TOKEN"
+
+[[campaigns]]
+id = "spring"
+name = "Spring drop"
+hashtag = "Spring"
+currency = "USD"
+opens_at = 2026-01-01T00:00:00Z
+closes_at = 2027-01-01T00:00:00Z
+
+[[campaigns.products]]
+sku = "S"
+name = "Spring phone"
+price = 100
+stock = 5
+
+[[campaigns]]
+id = "autumn"
+name = "Autumn drop"
+hashtag = "Autumn"
+currency = "USD"
+opens_at = 2026-01-01T00:00:00Z
+closes_at = 2027-01-01T00:00:00Z
+
+[[campaigns.products]]
+sku = "A"
+name = "Autumn phone"
+price = 100
+stock = 5
+"""
+
+
+def test_each_post_is_decided_by_the_grammar_of_the_campaign_it_names(engine: Engine) -> None:
+    twin = parse_brand(TWO_DROPS)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        load_campaigns(session, [twin], now=START)
+    pipeline = Pipeline(sessions, [twin], clock=FakeClock(START))
+    source = Source("twin", "mastodon")
+
+    def post(n: int, text: str, tag: str) -> Post:
+        return Post(
+            platform="mastodon",
+            post_id=str(n),
+            author_id=str(n),
+            author_handle=f"f{n}",
+            created_at=START,
+            text=text,
+            hashtags=(tag,),
+            mentions=("twinshop",),
+        )
+
+    pipeline.submit(post(1, "@twinshop #Autumn", "autumn"), source)
+    pipeline.submit(post(2, "@twinshop #Spring", "spring"), source)
+    pipeline.submit(post(3, "@twinshop #Winter", "winter"), source)
+    pipeline.drain()
+    with sessions() as session:
+        rows = dict(session.execute(select(posts.c.post_id, posts.c.campaign_id)).all())
+        decisions = dict(session.execute(select(posts.c.post_id, posts.c.decision)).all())
+        skus = dict(session.execute(select(reservations.c.post_id, reservations.c.sku)).all())
+    assert rows == {"1": "autumn", "2": "spring", "3": "spring"}
+    assert decisions["3"] == "ignore"  # addressed to no campaign: recorded once, ignored
+    assert skus == {"1": "A", "2": "S"}
