@@ -79,10 +79,7 @@ def test_status_shows_the_queue_moving_up(shop: Shop) -> None:
 
 
 def test_posts_for_an_unknown_campaign_are_recorded_and_ignored(shop: Shop) -> None:
-    stray = shop.post("alice")
-    stray = stray.__class__(
-        **{**{f: getattr(stray, f) for f in stray.__slots__}, "campaign_id": "nope"}
-    )
+    stray = replace(shop.post("alice"), campaign_id="nope")
     [out] = shop.apply(stray)
     assert (out.kind, out.reason) == ("ignored", "unknown_campaign")
     assert kinds(shop.apply(stray)) == ["duplicate"]
