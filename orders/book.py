@@ -94,9 +94,16 @@ class Book:
     def open(cls, session: Session, campaign_ids: Iterable[str], now: datetime) -> Book:
         """Lock the product rows of these campaigns and read their rules."""
         book = cls(session, now)
-        ids = sorted(set(campaign_ids))
+        book.extend(campaign_ids)
+        return book
+
+    def extend(self, campaign_ids: Iterable[str]) -> None:
+        """Also lock these campaigns (those not locked yet). Entry points name every campaign
+        up front, so locks are taken in one order; this is the fallback for a campaign found
+        late (it may then wait on, or deadlock with, a worker that locked in order)."""
+        ids = sorted(set(campaign_ids) - {c for c, _ in self.stock} - set(self.rules))
         if not ids:
-            return book
+            return
         stmt = (
             select(
                 products.c.campaign_id,
@@ -110,14 +117,13 @@ class Book:
             .where(products.c.campaign_id.in_(ids))
             .order_by(products.c.campaign_id, products.c.sku)
         )
-        if is_postgres(session):
+        if is_postgres(self.session):
             stmt = stmt.with_for_update()
-        for row in session.execute(stmt):
-            book.stock[(row.campaign_id, row.sku)] = Stock(
+        for row in self.session.execute(stmt):
+            self.stock[(row.campaign_id, row.sku)] = Stock(
                 row.stock, row.allocated, row.released, row.waitlisted, row.enqueued
             )
-        book.rules = read_rules(session, ids)
-        return book
+        self.rules.update(read_rules(self.session, ids))
 
     def emit(self, outcome: Outcome, order: int | None = None) -> None:
         """Queue an outcome; `order` is the command's index in the batch (None: at the end)."""

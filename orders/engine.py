@@ -65,7 +65,12 @@ def apply(session: Session, batch: Sequence[Command], *, now: datetime) -> list[
     """Apply `batch` and return one or more outcomes per post, in batch order."""
     if not batch:
         return []
-    book = Book.open(session, {c.campaign_id for c in batch}, now)
+    campaign_ids = {c.campaign_id for c in batch}
+    deleted = [(c.platform, c.post_id) for c in batch if c.event == "delete"]
+    if deleted:
+        # A deletion does not say which campaign its post was for: lock those too, up front.
+        campaign_ids |= _campaigns_of(session, deleted)
+    book = Book.open(session, campaign_ids, now)
 
     new: list[Indexed] = []
     edits: dict[Key, Indexed] = {}
@@ -101,6 +106,27 @@ def apply(session: Session, batch: Sequence[Command], *, now: datetime) -> list[
     promote(book)
     _answer(book, [(i, c) for i, c in commands if c.decision.decision != "cancel"])
     return book.close()
+
+
+def _campaigns_of(session: Session, keys: Sequence[Key]) -> set[str]:
+    """The campaigns of the reservations of these posts."""
+    found: set[str] = set()
+    by_platform: dict[str, list[str]] = defaultdict(list)
+    for platform, post_id in keys:
+        by_platform[platform].append(post_id)
+    for platform, ids in by_platform.items():
+        found.update(
+            row.campaign_id
+            for row in session.execute(
+                matching(
+                    session,
+                    select(reservations.c.campaign_id).where(reservations.c.platform == platform),
+                    reservations.c.post_id,
+                    ids,
+                )
+            )
+        )
+    return found
 
 
 def _post_row(cmd: Command, encode: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
@@ -355,6 +381,7 @@ def _apply_deletes(book: Book, items: list[Indexed]) -> None:
         )
         for row in sorted(parts, key=lambda r: r.part):
             live[(platform, row.post_id)].append(row)
+    book.extend({row.campaign_id for rows in live.values() for row in rows})
     for key, (i, cmd) in sorted(targets.items(), key=lambda kv: kv[1][0]):
         rows = live.get(key)
         if not rows:

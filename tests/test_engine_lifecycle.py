@@ -111,3 +111,22 @@ def test_sqlite_keeps_times_in_one_comparable_form(tmp_path: Path) -> None:
     shop.now = OPENS + timedelta(minutes=31)
     assert kinds(shop.expire()) == ["expired"]
     shop.close()
+
+
+def test_a_deletion_finds_its_post_in_any_campaign_of_the_brand(shop: Shop) -> None:
+    brand = make_brand(campaign_id="first")
+    second = brand.campaigns[0].model_copy(update={"id": "second"})
+    shop.use(brand.model_copy(update={"campaigns": [brand.campaigns[0], second]}))
+    order = replace(shop.post("alice"), campaign_id="second")
+    assert kinds(shop.apply(order)) == ["payment_needed"]
+    # The connector knows only the post id; the pipeline names the brand's first campaign.
+    deletion = replace(shop.delete(order), buyer="", handle="", campaign_id="first")
+    [out] = shop.apply(deletion)
+    assert (out.kind, out.campaign_id, out.buyer) == ("cancelled", "second", "mastodon:alice")
+    with shop.sessions() as s:
+        row = s.execute(
+            select(products).where(
+                products.c.campaign_id == "second", products.c.sku == "PHONE-BLACK"
+            )
+        ).one()
+    assert (row.allocated, row.released) == (0, 1)
