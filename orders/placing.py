@@ -107,44 +107,51 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
     if not requests:
         return
     now = book.now
+    rules_of = book.rules
+    stock_of = book.stock
     parts: list[_Part] = []
-    candidates: list[tuple[OrderRequest, str, int]] = []
-    for req in requests:
+    # One pass in post-time order. The buyers' units are read first for every order of a
+    # known campaign (a superset of those that pass the window checks: harmless probes).
+    ordered = sorted(requests, key=_post_order)
+    held = units_reserved(
+        book.session,
+        {
+            (r.command.campaign_id, r.command.buyer)
+            for r in ordered
+            if r.command.campaign_id in rules_of
+        },
+    )
+    for req in ordered:
         cmd = req.command
-        rules = book.rules.get(cmd.campaign_id)
+        rules = rules_of.get(cmd.campaign_id)
         if rules is None:
             book.emit(_outcome(cmd, "ignored", reason="unknown_campaign"), req.order)
             continue
-        sku = cmd.decision.sku
+        decision = cmd.decision
+        sku = decision.sku
         if sku is None and len(rules.prices) == 1:
             sku = next(iter(rules.prices))
         if sku is None or sku not in rules.prices:
             book.emit(_outcome(cmd, "rejected", reason="unknown_sku", sku=sku), req.order)
             continue
-        quantity = cmd.decision.quantity or 1
+        quantity = decision.quantity or 1
         if quantity <= 0:
             book.emit(_outcome(cmd, "rejected", reason="bad_quantity", sku=sku), req.order)
             continue
-        reason = rules.window_reason(cmd.posted_at)
-        if reason is None and quantity > rules.per_buyer_limit:
-            reason = "over_limit"
-        if reason is not None:
-            parts.append(_Part(req, req.part, sku, quantity, "rejected", reason))
+        posted_at = cmd.posted_at
+        if posted_at < rules.opens_at:
+            parts.append(_Part(req, req.part, sku, quantity, "rejected", "campaign_not_open"))
             continue
-        candidates.append((req, sku, quantity))
-
-    candidates.sort(key=lambda c: (c[0].command.posted_at, c[0].command.post_id))
-    held = units_reserved(
-        book.session, {(r.command.campaign_id, r.command.buyer) for r, _, _ in candidates}
-    )
-    for req, sku, quantity in candidates:
-        cmd = req.command
+        if posted_at >= rules.closes_at:
+            parts.append(_Part(req, req.part, sku, quantity, "rejected", "campaign_closed"))
+            continue
         key = (cmd.campaign_id, cmd.buyer)
-        if held.get(key, 0) + quantity > book.rules[cmd.campaign_id].per_buyer_limit:
+        have = held.get(key, 0)
+        if have + quantity > rules.per_buyer_limit:
             parts.append(_Part(req, req.part, sku, quantity, "rejected", "over_limit"))
             continue
-        held[key] = held.get(key, 0) + quantity
-        stock = book.stock[(cmd.campaign_id, sku)]
+        held[key] = have + quantity
+        stock = stock_of[(cmd.campaign_id, sku)]
         take = min(quantity, stock.open_to_new)
         part = req.part
         if take:
@@ -261,6 +268,10 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
             constants={"cause": cause, "created_at": now, "updated_at": now},
             encoded=True,
         )
+
+
+def _post_order(request: OrderRequest) -> tuple[datetime, str]:
+    return request.command.posted_at, request.command.post_id
 
 
 def hold_expiry(until: datetime, now: datetime) -> datetime:
