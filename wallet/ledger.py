@@ -114,8 +114,8 @@ def wallet_of(buyer: str) -> AccountKey:
 
 
 def sales_of(campaign_id: str) -> AccountKey:
-    if not campaign_id:
-        raise InvalidTransfer("campaign_id must not be empty")
+    if not isinstance(campaign_id, str) or not campaign_id or not campaign_id.isprintable():
+        raise InvalidTransfer(f"campaign_id must be a non-empty printable string: {campaign_id!r}")
     return AccountKey("sales", campaign_id)
 
 
@@ -220,7 +220,7 @@ def _check_legs(
         raise InvalidTransfer(f"unknown transfer kind {kind!r}")
     amounts = [amount for _, amount in legs_]
     for amount in amounts:
-        _amount(abs(amount) if isinstance(amount, int) else amount)
+        _amount(abs(amount) if type(amount) is int else amount)
     if len(legs_) != 2 or sum(amounts) != 0:
         raise UnbalancedTransfer(ref, amounts)
     (debit, _), (credit, amount) = sorted(legs_, key=lambda leg: leg[1])
@@ -813,8 +813,12 @@ def hold_many(
 def _hold_group(
     session: Session, group: list[HoldRequest], currency: str, *, post: bool, at: datetime
 ) -> dict[str, HoldId]:
+    # Wallets are locked before a campaign's first purchase creates its sales account, so
+    # nothing here waits on a wallet while holding a sales row (see `_lock`).
     wallets = _find_accounts(session, "wallet", (h.buyer for h in group), currency)
+    locked = _lock(session, wallets.values())
     sales = _ensure_accounts(session, "sales", (h.campaign_id for h in group), currency, at)
+    _lock(session, sales.values())
     state = "posted" if post else "pending"
 
     def new_of(h: HoldRequest, wallet_id: int) -> _NewTransfer:
@@ -830,8 +834,7 @@ def _hold_group(
             h.expires_at,
         )
 
-    # Lock first, then look for the refs: a concurrent twin that committed meanwhile is seen.
-    locked = _lock(session, [*wallets.values(), *sales.values()])
+    # Locked first, then look for the refs: a concurrent twin that committed meanwhile is seen.
     held: dict[str, HoldId] = {}
     seen = _existing(session, [h.ref for h in group])
     fresh: list[HoldRequest] = []
@@ -845,11 +848,7 @@ def _hold_group(
             raise _conflict(row, new_of(h, wallet_id))
         held[h.ref] = HoldId(row.id)
 
-    left = {
-        wallet_id: _available(locked[wallet_id])
-        for wallet_id in locked
-        if locked[wallet_id].kind == "wallet"
-    }
+    left = {wallet_id: _available(row) for wallet_id, row in locked.items()}
     new: list[_NewTransfer] = []
     deltas: dict[int, _Delta] = defaultdict(_Delta)
     for h in fresh:
