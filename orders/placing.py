@@ -138,12 +138,9 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
         if quantity <= 0:
             book.emit(_outcome(cmd, "rejected", reason="bad_quantity", sku=sku), req.order)
             continue
-        posted_at = cmd.posted_at
-        if posted_at < rules.opens_at:
-            parts.append(_Part(req, req.part, sku, quantity, "rejected", "campaign_not_open"))
-            continue
-        if posted_at >= rules.closes_at:
-            parts.append(_Part(req, req.part, sku, quantity, "rejected", "campaign_closed"))
+        outside = rules.window_reason(cmd.posted_at)
+        if outside is not None:
+            parts.append(_Part(req, req.part, sku, quantity, "rejected", outside))
             continue
         key = (cmd.campaign_id, cmd.buyer)
         have = held.get(key, 0)
