@@ -248,187 +248,194 @@ def run_demo(options: DemoOptions) -> int:
     timings: dict[str, float] = {}
     mock = MockMastodon(workdir, accounts, follows=follows)
     mock.start()
-    ids = _fan_ids(mock.base_url)
-    for fan in fans:
-        fan.account_id = ids[fan.username]
+    try:
+        ids = _fan_ids(mock.base_url)
+        for fan in fans:
+            fan.account_id = ids[fan.username]
 
-    web_port = options.web_port or free_port()
-    web_url = f"http://127.0.0.1:{web_port}"
-    webhook_secret = "whsec_demo_" + secrets.token_hex(16)
-    db_url = options.db or f"sqlite:///{workdir / 'flashtag.db'}"
-    os.environ.update(
-        {
-            "DATABASE_URL": db_url,
-            "PUBLIC_URL": web_url,
-            "STRIPE_WEBHOOK_SECRET": webhook_secret,
-            "FLASHTAG_LINK_SECRET": secrets.token_hex(32),
-            base.accounts.mastodon.token_env: BOT_TOKEN,
-        }
-    )
-    os.environ.pop("STRIPE_SECRET_KEY", None)
-    get_settings.cache_clear()
-    settings = get_settings()
-
-    engine = create_engine(db_url)
-    if options.db:  # a database of the caller's: start it clean
-        for metadata in reversed(all_metadata()):
-            metadata.drop_all(engine)
-    prepare_schema(db_url)
-    sessions = session_factory(engine)
-
-    # The sale closes once the crowd is through; this is only the latest it may run (a busy
-    # machine posts slower than mastodon-mock's usual pace).
-    posts_planned = sum(1 for f in fans for a in f.actions if a.kind != "prepay")
-    sale_seconds = posts_planned / MOCK_POSTS_PER_SECOND * 1.5 + 15.0
-    opens_at = datetime.now(UTC) + timedelta(seconds=4)
-    closes_at = opens_at + timedelta(seconds=sale_seconds)
-    brand = shifted(base, opens_at, closes_at, mock.base_url)
-
-    from bot.web import create_app
-
-    app = create_app(settings, sessions, [brand], lambda: datetime.now(UTC))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=web_port, log_level="error", access_log=False)
-    )
-    web_thread = threading.Thread(target=server.run, name="web", daemon=True)
-    web_thread.start()
-
-    worker = Worker(
-        sessions,
-        [brand],
-        max_posts=500,
-        max_wait_ms=50,
-        sender_idle_seconds=0.2,
-        public_url=web_url,
-    )
-    worker.start()
-    ctx = build_context(sessions, engine, [brand], settings, expire_seconds=1.0, remind_seconds=1.0)
-    scheduler = start_background(ctx)
-    while not server.started:
-        time.sleep(0.05)
-
-    stripe_side = DemoStripe(web_url, webhook_secret, currency=campaign0.currency)
-    crowd = Crowd(fans, mock.base_url, stripe_side=stripe_side, campaign_id=campaign0.id)
-    timings["setup"] = time.monotonic() - started
-    crowd.prepay()
-    crowd.schedule(time.monotonic() + max((opens_at - datetime.now(UTC)).total_seconds(), 0.0))
-    crowd_thread = threading.Thread(target=crowd.run, name="crowd", daemon=True)
-    crowd_thread.start()
-    payers = Payers(sessions, crowd, fans)
-
-    rates: list[tuple[float, int]] = []
-    peak_rate = 0.0
-    closed_at: datetime | None = None
-    hold = timedelta(minutes=campaign0.hold_minutes)
-
-    def frame() -> tuple[Snapshot, float]:
-        nonlocal peak_rate
-        snap = snapshot(sessions, worker, crowd)
-        rates.append((snap.at, snap.bot_posts))
-        while len(rates) > 2 and rates[0][0] < snap.at - 1.0:
-            rates.pop(0)
-        span = rates[-1][0] - rates[0][0]
-        rate = (rates[-1][1] - rates[0][1]) / span if span > 0 else 0.0
-        peak_rate = max(peak_rate, rate)
-        return snap, rate
-
-    def phase() -> str:
-        now = datetime.now(UTC)
-        if now < opens_at:
-            return "[yellow]opening soon[/yellow]"
-        if closed_at is None:
-            return "[green]sale open[/green]"
-        return "[red]closed[/red]: holds lapse, the waitlist moves, payments land"
-
-    def close_sale() -> datetime:
-        """The crowd is through (or time is up): close the sale now, as the brand would."""
-        now = datetime.now(UTC)
-        if now < closes_at:
-            early = shifted(base, opens_at, now, mock.base_url)
-            with sessions.begin() as session:
-                load_campaigns(session, [early], now=now)
-            ctx.brands = [early]
-            with contextlib.suppress(JobLookupError):
-                scheduler.remove_job(f"progress:{campaign0.id}")
-            scheduler.reschedule_job(
-                f"announce:{campaign0.id}:close", trigger=DateTrigger(run_date=now, timezone=UTC)
-            )
-        crowd.stop_posting()
-        return now
-
-    live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
-    last_line = 0.0
-    with live if live is not None else contextlib.nullcontext():
-        while True:
-            payers.poll()
-            snap, rate = frame()
-            elapsed = time.monotonic() - started
-            if live is not None:
-                live.update(render(snap, rate, phase(), elapsed, stripe_side))
-            elif not options.json_summary and time.monotonic() - last_line > 5:
-                last_line = time.monotonic()
-                console.print(
-                    f"{elapsed:5.1f}s decided={snap.bot_posts} states={snap.states} "
-                    f"outbox={snap.outbox}"
-                )
-            now = datetime.now(UTC)
-            if closed_at is None and (now >= closes_at or crowd.posts_left() == 0):
-                closed_at = close_sale()
-                timings["sale"] = (closed_at - opens_at).total_seconds()
-            if closed_at is not None and worker.pipeline.depth() == 0:
-                waiting = snap.states.get("awaiting_payment", 0)
-                # Long enough after the close for the last holds to lapse or be paid and the
-                # waitlist to move once more, but no longer: holds still running are reported.
-                if now >= closed_at + timedelta(seconds=2) and (
-                    waiting == 0 or now >= closed_at + hold / 2
-                ):
-                    break
-            if worker.wait(0) or elapsed > options.max_seconds:
-                break
-            time.sleep(0.25)
-
-    crowd.stop()
-    crowd_thread.join(timeout=30)
-    scheduler.shutdown(wait=True)
-    if ctx.leadership is not None:
-        ctx.leadership.release()
-    worker.stop()
-    final = snapshot(sessions, worker, crowd)
-    with sessions() as session:
-        problems = audit(session, extra=(one_reply_per_kind,))  # what `flashtag audit` runs
-    timings["total"] = time.monotonic() - started
-    summary = _summary(
-        final,
-        timings,
-        options,
-        fans,
-        stripe_side,
-        peak_rate,
-        time.monotonic() - started,
-        problems,
-        worker.health.errors,
-        web_url,
-        campaign0.id,
-    )
-    if options.json_summary:
-        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-    else:
-        _print_summary(console, summary)
-    status = 0 if not problems and not worker.health.errors else 1
-
-    if not options.exit_at_end:
-        console.print(
-            f"\nThe campaign page stays up at [bold]{web_url}/c/{campaign0.id}[/bold]; "
-            "press Ctrl-C to quit."
+        web_port = options.web_port or free_port()
+        web_url = f"http://127.0.0.1:{web_port}"
+        webhook_secret = "whsec_demo_" + secrets.token_hex(16)
+        db_url = options.db or f"sqlite:///{workdir / 'flashtag.db'}"
+        os.environ.update(
+            {
+                "DATABASE_URL": db_url,
+                "PUBLIC_URL": web_url,
+                "STRIPE_WEBHOOK_SECRET": webhook_secret,
+                "FLASHTAG_LINK_SECRET": secrets.token_hex(32),
+                base.accounts.mastodon.token_env: BOT_TOKEN,
+            }
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            while web_thread.is_alive():
-                time.sleep(0.5)
-    server.should_exit = True
-    web_thread.join(timeout=10)
-    mock.stop()
-    engine.dispose()
-    return status
+        os.environ.pop("STRIPE_SECRET_KEY", None)
+        get_settings.cache_clear()
+        settings = get_settings()
+
+        engine = create_engine(db_url)
+        if options.db:  # a database of the caller's: start it clean
+            for metadata in reversed(all_metadata()):
+                metadata.drop_all(engine)
+        prepare_schema(db_url)
+        sessions = session_factory(engine)
+
+        # The sale closes once the crowd is through; this is only the latest it may run (a busy
+        # machine posts slower than mastodon-mock's usual pace).
+        posts_planned = sum(1 for f in fans for a in f.actions if a.kind != "prepay")
+        sale_seconds = posts_planned / MOCK_POSTS_PER_SECOND * 1.5 + 15.0
+        opens_at = datetime.now(UTC) + timedelta(seconds=4)
+        closes_at = opens_at + timedelta(seconds=sale_seconds)
+        brand = shifted(base, opens_at, closes_at, mock.base_url)
+
+        from bot.web import create_app
+
+        app = create_app(settings, sessions, [brand], lambda: datetime.now(UTC))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=web_port, log_level="error", access_log=False
+            )
+        )
+        web_thread = threading.Thread(target=server.run, name="web", daemon=True)
+        web_thread.start()
+
+        worker = Worker(
+            sessions,
+            [brand],
+            max_posts=500,
+            max_wait_ms=50,
+            sender_idle_seconds=0.2,
+            public_url=web_url,
+        )
+        worker.start()
+        ctx = build_context(
+            sessions, engine, [brand], settings, expire_seconds=1.0, remind_seconds=1.0
+        )
+        scheduler = start_background(ctx)
+        while not server.started:
+            time.sleep(0.05)
+
+        stripe_side = DemoStripe(web_url, webhook_secret, currency=campaign0.currency)
+        crowd = Crowd(fans, mock.base_url, stripe_side=stripe_side, campaign_id=campaign0.id)
+        timings["setup"] = time.monotonic() - started
+        crowd.prepay()
+        crowd.schedule(time.monotonic() + max((opens_at - datetime.now(UTC)).total_seconds(), 0.0))
+        crowd_thread = threading.Thread(target=crowd.run, name="crowd", daemon=True)
+        crowd_thread.start()
+        payers = Payers(sessions, crowd, fans)
+
+        rates: list[tuple[float, int]] = []
+        peak_rate = 0.0
+        closed_at: datetime | None = None
+        hold = timedelta(minutes=campaign0.hold_minutes)
+
+        def frame() -> tuple[Snapshot, float]:
+            nonlocal peak_rate
+            snap = snapshot(sessions, worker, crowd)
+            rates.append((snap.at, snap.bot_posts))
+            while len(rates) > 2 and rates[0][0] < snap.at - 1.0:
+                rates.pop(0)
+            span = rates[-1][0] - rates[0][0]
+            rate = (rates[-1][1] - rates[0][1]) / span if span > 0 else 0.0
+            peak_rate = max(peak_rate, rate)
+            return snap, rate
+
+        def phase() -> str:
+            now = datetime.now(UTC)
+            if now < opens_at:
+                return "[yellow]opening soon[/yellow]"
+            if closed_at is None:
+                return "[green]sale open[/green]"
+            return "[red]closed[/red]: holds lapse, the waitlist moves, payments land"
+
+        def close_sale() -> datetime:
+            """The crowd is through (or time is up): close the sale now, as the brand would."""
+            now = datetime.now(UTC)
+            if now < closes_at:
+                early = shifted(base, opens_at, now, mock.base_url)
+                with sessions.begin() as session:
+                    load_campaigns(session, [early], now=now)
+                ctx.brands = [early]
+                with contextlib.suppress(JobLookupError):
+                    scheduler.remove_job(f"progress:{campaign0.id}")
+                scheduler.reschedule_job(
+                    f"announce:{campaign0.id}:close",
+                    trigger=DateTrigger(run_date=now, timezone=UTC),
+                )
+            crowd.stop_posting()
+            return now
+
+        live = Live(console=console, refresh_per_second=4, transient=False) if show_live else None
+        last_line = 0.0
+        with live if live is not None else contextlib.nullcontext():
+            while True:
+                payers.poll()
+                snap, rate = frame()
+                elapsed = time.monotonic() - started
+                if live is not None:
+                    live.update(render(snap, rate, phase(), elapsed, stripe_side))
+                elif not options.json_summary and time.monotonic() - last_line > 5:
+                    last_line = time.monotonic()
+                    console.print(
+                        f"{elapsed:5.1f}s decided={snap.bot_posts} states={snap.states} "
+                        f"outbox={snap.outbox}"
+                    )
+                now = datetime.now(UTC)
+                if closed_at is None and (now >= closes_at or crowd.posts_left() == 0):
+                    closed_at = close_sale()
+                    timings["sale"] = (closed_at - opens_at).total_seconds()
+                if closed_at is not None and worker.pipeline.depth() == 0:
+                    waiting = snap.states.get("awaiting_payment", 0)
+                    # Long enough after the close for the last holds to lapse or be paid and the
+                    # waitlist to move once more, but no longer: holds still running are reported.
+                    if now >= closed_at + timedelta(seconds=2) and (
+                        waiting == 0 or now >= closed_at + hold / 2
+                    ):
+                        break
+                if worker.wait(0) or elapsed > options.max_seconds:
+                    break
+                time.sleep(0.25)
+
+        crowd.stop()
+        crowd_thread.join(timeout=30)
+        scheduler.shutdown(wait=True)
+        if ctx.leadership is not None:
+            ctx.leadership.release()
+        worker.stop()
+        final = snapshot(sessions, worker, crowd)
+        with sessions() as session:
+            problems = audit(session, extra=(one_reply_per_kind,))  # what `flashtag audit` runs
+        timings["total"] = time.monotonic() - started
+        summary = _summary(
+            final,
+            timings,
+            options,
+            fans,
+            stripe_side,
+            peak_rate,
+            time.monotonic() - started,
+            problems,
+            worker.health.errors,
+            web_url,
+            campaign0.id,
+        )
+        if options.json_summary:
+            sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        else:
+            _print_summary(console, summary)
+        status = 0 if not problems and not worker.health.errors else 1
+
+        if not options.exit_at_end:
+            console.print(
+                f"\nThe campaign page stays up at [bold]{web_url}/c/{campaign0.id}[/bold]; "
+                "press Ctrl-C to quit."
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while web_thread.is_alive():
+                    time.sleep(0.5)
+        server.should_exit = True
+        web_thread.join(timeout=10)
+        engine.dispose()
+        return status
+    finally:
+        mock.stop()
 
 
 def _summary(
