@@ -13,13 +13,15 @@ core rules:
 - a leg's account is in the transfer's currency (a composite foreign key onto the account);
 - only a purchase can be pending or voided; a pending transfer has an expiry and no resolution
   time, a settled one has its resolution time;
+- on PostgreSQL, a statement that inserts legs must leave every transfer it touched with both
+  legs (a statement-level trigger over the new rows);
 - the ledger is append-only (triggers, on SQLite and PostgreSQL): no transfer, leg or account is
   ever deleted; a leg never changes; a transfer's ref, kind, currency, amount and times never
   change; a posted or voided transfer is final (only pending -> posted | voided); an account
   never changes its kind, owner or currency.
 
-What a CHECK cannot see across rows (both legs present; the running totals equal the sums of
-the legs) is verified by `wallet.ledger.audit`.
+What the database cannot see (a transfer left with no legs at all, or with one leg on SQLite;
+running totals that differ from the sums of the legs) is verified by `wallet.ledger.audit`.
 """
 
 from __future__ import annotations
@@ -242,6 +244,28 @@ def _pg_ddl() -> list[str]:
             f"CREATE TRIGGER {name} BEFORE {op} ON {table} FOR EACH ROW{when} "
             f"EXECUTE FUNCTION wallet_refuse('{message}')"
         )
+    # Double entry per statement: every statement that inserts legs must leave each transfer it
+    # touched with one debit and one credit of its amount (the ledger writes both legs of a
+    # transfer in one statement). Set-based, over the statement's new rows only.
+    out.append(
+        "CREATE OR REPLACE FUNCTION wallet_legs_balanced() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "DECLARE bad bigint; BEGIN "
+        "SELECT l.transfer_id INTO bad FROM wallet_legs l "
+        "WHERE l.transfer_id IN (SELECT DISTINCT transfer_id FROM new_legs) "
+        "GROUP BY l.transfer_id "
+        "HAVING count(*) <> 2 "
+        "OR sum(CASE l.side WHEN 'credit' THEN l.amount ELSE -l.amount END) <> 0 LIMIT 1; "
+        "IF bad IS NOT NULL THEN RAISE EXCEPTION USING "
+        "ERRCODE = 'integrity_constraint_violation', "
+        "MESSAGE = 'wallet_legs: transfer ' || bad || ' needs one debit and one credit leg'; "
+        "END IF; RETURN NULL; END $$"
+    )
+    out.append("DROP TRIGGER IF EXISTS wallet_legs_balanced ON wallet_legs")
+    out.append(
+        "CREATE TRIGGER wallet_legs_balanced AFTER INSERT ON wallet_legs "
+        "REFERENCING NEW TABLE AS new_legs FOR EACH STATEMENT "
+        "EXECUTE FUNCTION wallet_legs_balanced()"
+    )
     return out
 
 
