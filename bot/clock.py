@@ -121,8 +121,11 @@ class AdvisoryLock:
             self._drop()
 
     def _drop(self) -> None:
+        # Invalidate rather than return it to the pool: a pooled connection would keep its
+        # session, and with it any advisory lock it still holds.
         if self._conn is not None:
             with contextlib.suppress(DBAPIError):
+                self._conn.invalidate()
                 self._conn.close()
         self._conn = None
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import jobs
-from bot.clock import LeaseLock, crontab_weekdays, leadership_for, schedule
+from bot.clock import AdvisoryLock, LeaseLock, crontab_weekdays, leadership_for, schedule
 from bot.jobs import JobContext, run_job
 from bot.pipeline import Pipeline, Source
 from bot.tables import clock_runs, outbox_messages
@@ -258,3 +258,32 @@ def test_crontab_weekdays_mean_what_crontab_means() -> None:
     assert crontab_weekdays("30 18 * * 0,6") == "30 18 * * sun,sat"
     assert crontab_weekdays("0 0 * * 7") == "0 0 * * sun"
     assert crontab_weekdays("*/5 * * * *") == "*/5 * * * *"
+
+
+def test_on_postgresql_leadership_dies_with_the_leaders_connection(pg_url: str) -> None:
+    engines = [create_engine(pg_url) for _ in range(3)]
+    first = AdvisoryLock(engines[0], holder="a")
+    second = AdvisoryLock(engines[1], holder="b")
+    try:
+        assert first.acquire() and first.acquire()  # holding it is idempotent
+        assert not second.acquire()
+        assert first._conn is not None
+        pid = first._conn.execute(select(func.pg_backend_pid())).scalar_one()
+        first._conn.commit()
+        with engines[2].connect() as admin:  # the leader's connection dies (a crash, a network cut)
+            admin.execute(select(func.pg_terminate_backend(pid)))
+            gone = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            for _ in range(500):  # termination is asynchronous: wait for the backend to exit
+                if admin.execute(gone, {"pid": pid}).scalar_one() == 0:
+                    break
+                admin.rollback()
+                threading.Event().wait(0.01)
+        assert second.acquire()
+        assert not first.acquire()  # it notices, and stands by
+        second.release()
+        assert first.acquire()  # a clean step-down hands over at once
+    finally:
+        first.release()
+        second.release()
+        for eng in engines:
+            eng.dispose()
