@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +13,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from wallet import ledger
 from wallet.tables import accounts, legs, transfers
 
+ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 FAN = "mastodon:42"
 
@@ -227,3 +229,26 @@ def test_tables_are_the_ones_named() -> None:
         "wallet_transfers",
         "wallet_legs",
     }
+
+
+def test_db_upgrade_installs_the_ledger_guards(tmp_path: Path) -> None:
+    """Alembic's autogenerate does not emit triggers: the migration must install them."""
+    if not any((ROOT / "bot" / "migrations" / "versions").glob("*.py")):
+        pytest.skip("no migration yet")
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from config.database import create_engine
+
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    result = CliRunner().invoke(app, ["db", "upgrade", "--db", url])
+    assert result.exit_code == 0, result.output
+    engine = create_engine(url)
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as s:
+        ledger.credit_topup(s, buyer=FAN, amount=100, currency="EUR", stripe_ref="cs", at=T0)
+        s.commit()
+    _rejects(engine, "DELETE FROM wallet_transfers")
+    _rejects(engine, "UPDATE wallet_transfers SET state = 'voided'")
+    engine.dispose()
