@@ -712,8 +712,10 @@ def debit_refund(
     """Take a Stripe refund out of the wallet (wallet -> clearing), never below zero.
 
     Takes at most the wallet's available balance (a refund of credit already spent cannot be
-    clawed back from held or settled purchases). Returns False when ``ref`` was already applied.
-    When nothing is available nothing is recorded, and True is returned.
+    clawed back from held or settled purchases); the transfer recorded under ``ref`` says how
+    much was taken. Returns False when ``ref`` was already applied. When nothing is available
+    nothing is recorded and True is returned: the ref stays unseen, so the caller's own record
+    of the Stripe event is what keeps a replay from debiting later.
     """
     ref = _ref(ref)
     amount = _amount(amount)
