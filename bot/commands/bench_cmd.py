@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -32,6 +33,13 @@ def bench_storm(
     write: Path | None = typer.Option(  # noqa: B008
         None, "--write", help="Only write the storm as JSON lines to this file, and stop"
     ),
+    opens_at: datetime | None = typer.Option(  # noqa: B008
+        None,
+        "--opens-at",
+        formats=["%Y-%m-%dT%H:%M:%S%z"],
+        help="With --write: post times start at this opening instead of the brand's "
+        "(a storm recorded on another day, for replay --shift-to-open)",
+    ),
 ) -> None:
     """The seed's flash sale: generated, replayed through the real pipeline, audited."""
     from bot.feed import resolve_brand
@@ -39,9 +47,17 @@ def bench_storm(
 
     brand_value = resolve_brand(brand)
     if write is not None:
-        count = write_jsonl(
-            storm(scaled_brand(brand_value, stock), StormSpec(posts=posts, seed=seed)), write
-        )
+        recorded = scaled_brand(brand_value, stock)
+        if opens_at is not None:
+            campaign = recorded.campaigns[0]
+            moved = campaign.model_copy(
+                update={
+                    "opens_at": opens_at,
+                    "closes_at": opens_at + (campaign.closes_at - campaign.opens_at),
+                }
+            )
+            recorded = recorded.model_copy(update={"campaigns": [moved, *recorded.campaigns[1:]]})
+        count = write_jsonl(storm(recorded, StormSpec(posts=posts, seed=seed)), write)
         typer.echo(json.dumps({"written": str(write), "posts": count, "seed": seed}))
         return
     from bot.bench import run_storm
