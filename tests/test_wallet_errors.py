@@ -166,6 +166,10 @@ def test_reused_ref_for_a_different_transfer_conflicts(session: Session) -> None
         _hold(session, amount=301)
     assert _hold(session) == _hold(session)  # the same hold again is the same hold
     assert ledger.available(session, FAN, "EUR") == 700
+    # Asking to pay at once for what is recorded as a pending hold is not the same request.
+    pay_now = ledger.HoldRequest(FAN, "mi2", 300, "EUR", "h1")
+    with pytest.raises(TransferConflict, match="pending hold"):
+        ledger.hold_many(session, [pay_now], post=True, at=T0)
 
 
 def test_insufficient_funds_says_what_was_missing(session: Session) -> None:

@@ -848,6 +848,10 @@ def _hold_group(
         wallet_id = wallets.get(h.buyer, -1)
         if not _same(row, new_of(h, wallet_id)):
             raise _conflict(row, new_of(h, wallet_id))
+        if post and row.state != "posted":
+            # Settling an existing hold is post_many's job; a "pay now" retry must not pass
+            # for paid when the hold is still pending or was voided.
+            raise TransferConflict(h.ref, f"recorded as a {row.state} hold, asked to pay at once")
         held[h.ref] = HoldId(row.id)
 
     left = {wallet_id: _available(row) for wallet_id, row in locked.items()}
