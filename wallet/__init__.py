@@ -5,8 +5,9 @@ sum to zero, two-phase holds (hold, post, void), top-up credits applied once per
 Stripe webhook verification and event records.
 
 Modules: `tables` (the ledger's tables and the database's own guards), `ledger` (the API the
-engine and the Stripe code call; its docstring states the model), `errors` (the `LedgerError`
-tree), `money` (largest-remainder splits), `bench` (the ledger benchmark), `stripe_tables` and
+engine and the Stripe code call; its docstring states the model), `store` (the set-based
+statements behind it), `audit` (invariants across rows), `errors` (the `LedgerError` tree),
+`money` (largest-remainder splits), `bench` (the ledger benchmark), `stripe_tables` and
 `stripe_payments` (Stripe Checkout, webhooks, reconciliation, cash-out).
 
 May import: `config` only. The wallet knows nothing of orders, connectors or the bot.
