@@ -9,9 +9,9 @@ each such post is answered once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 OutcomeKind = Literal[
     "confirmed",
@@ -31,7 +31,7 @@ OutcomeKind = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Outcome:
     """One result for the bot to reply with.
 
@@ -63,3 +63,16 @@ class Outcome:
     amount: int | None = None
     lang: str | None = None
     visibility: str = "public"
+
+    @classmethod
+    def of(cls, *values: Any) -> Outcome:
+        """An outcome from every field's value, in field order: the engine's hot path, about
+        twice as fast as the generated `__init__` of a frozen dataclass (which sets each field
+        through `object.__setattr__`). Values are not checked: pass all of them."""
+        outcome = _new(cls)
+        outcome.__dict__.update(zip(_FIELDS, values, strict=True))
+        return outcome
+
+
+_FIELDS = tuple(f.name for f in fields(Outcome))
+_new = object.__new__

@@ -234,7 +234,7 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
         )
         # Positional, in field order: this runs once per post of a storm.
         emit(
-            Outcome(
+            Outcome.of(
                 _KIND[state],
                 cmd.platform,
                 cmd.post_id,

@@ -130,3 +130,19 @@ def test_a_deletion_finds_its_post_in_any_campaign_of_the_brand(shop: Shop) -> N
             )
         ).one()
     assert (row.allocated, row.released) == (0, 1)
+
+
+def test_the_fast_outcome_constructor_builds_the_same_frozen_value() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from orders.outcomes import Outcome
+
+    values = ("waitlisted", "x", "9", "x:1", "@a", "drop", 7, "PHONE-BLACK", 2, "waitlisted")
+    rest = (None, 4, None, None, None, None, "ja", "unlisted")
+    fast = Outcome.of(*values, *rest)
+    assert fast == Outcome(*values, *rest)  # type: ignore[arg-type]
+    assert hash(fast) == hash(Outcome(*values, *rest))  # type: ignore[arg-type]
+    with pytest.raises(FrozenInstanceError):
+        fast.kind = "expired"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="shorter"):
+        Outcome.of(*values)
