@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -56,10 +56,11 @@ _KIND: dict[str, OutcomeKind] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class OrderRequest:
+class OrderRequest(NamedTuple):
     """An order post to place: its index in the batch, the command, the first free part
-    number of the post (0 unless an edit re-submits it) and why it is placed."""
+    number of the post (0 unless an edit re-submits it) and why it is placed. (A named
+    tuple: one is made per order post of a storm, four times cheaper than a frozen
+    dataclass.)"""
 
     order: int
     command: Command
