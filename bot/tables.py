@@ -10,14 +10,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    DateTime,
     Index,
     Integer,
     SmallInteger,
@@ -26,45 +22,19 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 
 from config.database import new_metadata
+from config.sqltypes import Id, UtcDateTime
 
 metadata = new_metadata()
 
 OUTBOX_STATES = ("queued", "sending", "sent", "failed")
 
 
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored; pass a timezone-aware time")
-        stored: datetime = value.astimezone(UTC)
-        return stored.replace(tzinfo=None) if dialect.name == "sqlite" else stored
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        loaded: datetime = value
-        if loaded.tzinfo is None:
-            return loaded.replace(tzinfo=UTC)
-        return loaded.astimezone(UTC)
-
-
-_Id = BigInteger().with_variant(Integer(), "sqlite")
-
 outbox_messages = Table(
     "outbox_messages",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("account", String(120), nullable=False),
     Column("idempotency_key", String(200), nullable=False),
     Column("platform", String(20), nullable=False),

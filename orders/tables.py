@@ -22,15 +22,11 @@ would pay a lookup for them. `orders.audit` checks the references instead.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
-    DateTime,
     Float,
     ForeignKeyConstraint,
     Index,
@@ -41,10 +37,9 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 
 from config.database import new_metadata
+from config.sqltypes import Id, UtcDateTime, sql_in
 
 metadata = new_metadata()
 
@@ -53,37 +48,6 @@ LIVE_STATES = ("awaiting_payment", "confirmed", "waitlisted")
 ALLOCATED_STATES = ("awaiting_payment", "confirmed")
 PAYMENTS = ("held", "posted", "voided", "refunded")
 
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: orders store UTC only")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQL on SQLite
-            value = datetime.fromisoformat(value)
-        assert isinstance(value, datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 campaigns = Table(
     "order_campaigns",
@@ -181,8 +145,8 @@ reservations = Table(
     CheckConstraint("quantity > 0", name="quantity_positive"),
     CheckConstraint("part >= 0", name="part"),
     CheckConstraint("amount >= 0", name="amount"),
-    CheckConstraint(_in("state", STATES), name="state"),
-    CheckConstraint(f"payment IS NULL OR {_in('payment', PAYMENTS)}", name="payment"),
+    CheckConstraint(sql_in("state", STATES), name="state"),
+    CheckConstraint(f"payment IS NULL OR {sql_in('payment', PAYMENTS)}", name="payment"),
     CheckConstraint(
         "state NOT IN ('awaiting_payment', 'confirmed') OR allocated_at IS NOT NULL",
         name="allocated_has_stock",
@@ -218,6 +182,6 @@ transitions = Table(
     Column("to_state", String(20), nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Column("cause", String(32), nullable=False),
-    CheckConstraint(_in("to_state", STATES), name="to_state"),
+    CheckConstraint(sql_in("to_state", STATES), name="to_state"),
 )
 Index("ix_order_transitions_reservation_id", transitions.c.reservation_id)

@@ -23,7 +23,8 @@ from sqlalchemy import (
     Text,
 )
 
-from wallet.tables import Id, UtcDateTime, metadata
+from config.sqltypes import Id, UtcDateTime
+from wallet.tables import metadata
 
 SESSION_STATES = ("creating", "open", "paid", "expired")
 REFUND_STATES = ("pending", "succeeded", "failed")

@@ -26,26 +26,21 @@ running totals that differ from the sums of the legs) is verified by `wallet.led
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    DateTime,
     ForeignKeyConstraint,
     Index,
-    Integer,
     String,
     Table,
     UniqueConstraint,
     event,
 )
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.engine import Connection
 
 from config.database import new_metadata
+from config.sqltypes import Id, UtcDateTime, sql_in
 
 metadata = new_metadata()
 
@@ -54,36 +49,6 @@ TRANSFER_KINDS = ("topup", "cashout", "purchase", "refund")
 TRANSFER_STATES = ("pending", "posted", "voided")
 SIDES = ("debit", "credit")
 
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC text)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: the ledger stores UTC only")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-# BIGINT ids on PostgreSQL, INTEGER (the rowid alias) on SQLite.
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 accounts = Table(
     "wallet_accounts",
@@ -101,7 +66,7 @@ accounts = Table(
     # Owner first: batch lookups by owner must probe this index, never scan by kind/currency.
     UniqueConstraint("owner", "currency", "kind"),
     UniqueConstraint("id", "currency", name="uq_wallet_accounts_id_currency"),
-    CheckConstraint(_in("kind", ACCOUNT_KINDS), name="kind"),
+    CheckConstraint(sql_in("kind", ACCOUNT_KINDS), name="kind"),
     CheckConstraint("length(currency) = 3 AND upper(currency) = currency", name="currency"),
     CheckConstraint("length(owner) > 0", name="owner"),
     CheckConstraint(
@@ -139,8 +104,8 @@ transfers = Table(
     UniqueConstraint("id", "amount", "currency", name="uq_wallet_transfers_id_amount_currency"),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("length(ref) > 0", name="ref"),
-    CheckConstraint(_in("kind", TRANSFER_KINDS), name="kind"),
-    CheckConstraint(_in("state", TRANSFER_STATES), name="state"),
+    CheckConstraint(sql_in("kind", TRANSFER_KINDS), name="kind"),
+    CheckConstraint(sql_in("state", TRANSFER_STATES), name="state"),
     CheckConstraint("state = 'posted' OR kind = 'purchase'", name="only_holds_pend"),
     CheckConstraint(
         "(state = 'pending' AND resolved_at IS NULL AND expires_at IS NOT NULL) "
@@ -158,7 +123,7 @@ legs = Table(
     Column("account_id", Id, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
-    CheckConstraint(_in("side", SIDES), name="side"),
+    CheckConstraint(sql_in("side", SIDES), name="side"),
     CheckConstraint("amount > 0", name="amount_positive"),
     ForeignKeyConstraint(
         ["transfer_id", "amount", "currency"],
