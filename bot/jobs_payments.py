@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import outbox
 from bot.links import LinkSigner
 from config.brand import Brand
-from orders.engine import settle_buyer
+from orders.engine import lock_for_settlement, settle_buyer
 from orders.outcomes import Outcome
 from wallet import ledger
 from wallet.stripe_payments import (
@@ -81,6 +81,8 @@ def apply_topup(
     Flushes only; the caller commits. Returns the settlement outcomes, or None when this session
     had already been applied (nothing changed).
     """
+    # Stock before wallet, the order `apply` locks in, so a top-up never deadlocks a batch.
+    lock_for_settlement(session, paid.buyer, now=now)
     if not apply_paid_session(session, paid, at=now, via=via):
         return None
     outcomes = settle_buyer(session, paid.buyer, now=now)

@@ -36,6 +36,7 @@ from orders.lifecycle import (
     due_reminders,
     expire_holds,
     joined,
+    lock_for_settlement,
     promote,
     settle_buyer,
 )
@@ -44,7 +45,14 @@ from orders.payments import balances
 from orders.placing import OrderRequest, outcome_for, place_orders
 from orders.tables import LIVE_STATES, posts, reservations
 
-__all__ = ["apply", "capture_held", "due_reminders", "expire_holds", "settle_buyer"]
+__all__ = [
+    "apply",
+    "capture_held",
+    "due_reminders",
+    "expire_holds",
+    "lock_for_settlement",
+    "settle_buyer",
+]
 
 POST_COLUMNS = (
     "platform",

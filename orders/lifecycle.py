@@ -299,16 +299,36 @@ def expire_holds(session: Session, now: datetime) -> list[Outcome]:
     return book.close()
 
 
-def settle_buyer(session: Session, buyer: str, *, now: datetime) -> list[Outcome]:
-    """Confirm the buyer's unpaid reservations, oldest first, as far as the wallet covers them
-    (after a top-up). Reservations whose hold has lapsed are left to `expire_holds`."""
-    every = list(session.scalars(select(campaigns.c.id)))
-    pending = (
+def _awaiting(buyer: str, now: datetime, every: list[str]) -> tuple[Any, ...]:
+    return (
         r_.campaign_id.in_(every),
         r_.buyer == buyer,
         r_.state == "awaiting_payment",
         r_.hold_expires_at > now,
     )
+
+
+def lock_for_settlement(session: Session, buyer: str, *, now: datetime) -> None:
+    """Take the stock locks `settle_buyer` will need, before the caller touches the wallet.
+
+    `apply` and `expire_holds` lock stock rows, then wallets. A top-up that credited the wallet
+    first and settled afterwards would take them the other way round, and on PostgreSQL the two
+    would deadlock; calling this first keeps one lock order everywhere.
+    """
+    every = list(session.scalars(select(campaigns.c.id)))
+    campaign_ids = list(
+        session.scalars(select(r_.campaign_id).distinct().where(*_awaiting(buyer, now, every)))
+    )
+    if campaign_ids:
+        Book.open(session, campaign_ids, now)
+
+
+def settle_buyer(session: Session, buyer: str, *, now: datetime) -> list[Outcome]:
+    """Confirm the buyer's unpaid reservations, oldest first, as far as the wallet covers them
+    (after a top-up). Reservations whose hold has lapsed are left to `expire_holds`. Call
+    `lock_for_settlement` before crediting the wallet in the same transaction."""
+    every = list(session.scalars(select(campaigns.c.id)))
+    pending = _awaiting(buyer, now, every)
     campaign_ids = list(session.scalars(select(r_.campaign_id).distinct().where(*pending)))
     if not campaign_ids:
         return []
