@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors, outbox
@@ -334,14 +334,16 @@ class Pipeline:
         return [report]
 
     def _commit_with_retry(self, batch: Sequence[Envelope]) -> BatchReport:
-        # A lock timeout or a serialization failure leaves nothing behind (the transaction
-        # rolled back), so the same batch is simply tried again. Anything else is a bug: it
-        # propagates, the worker dies, and a restart backfills from the last saved cursors.
+        # A lock timeout, a serialization failure, or a unique key another worker claimed first
+        # (two workers inserting the same post on PostgreSQL) leaves nothing behind: the
+        # transaction rolled back, so the same batch is simply tried again, and the retry sees
+        # the other worker's rows. Anything else is a bug: it propagates, the worker dies, and
+        # a restart backfills from the last saved cursors.
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
                 return self.process(batch)
-            except OperationalError:
+            except (OperationalError, IntegrityError):
                 if attempt == self._retries:
                     raise
                 log.warning("batch of %d failed transiently; retrying", len(batch), exc_info=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors
@@ -128,6 +130,54 @@ def test_a_failed_batch_leaves_nothing_behind_not_even_its_cursor(
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(posts)) == 0
         assert session.scalar(select(func.count()).select_from(reservations)) == 0
+        assert cursors.load(session, SOURCE.cursor_key) is None
+
+
+def test_a_batch_that_lost_a_unique_key_race_is_retried_and_commits(
+    sessions: sessionmaker[Session], brand: Brand, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL two workers can insert the same post at once: the loser's batch rolls back
+    # with an IntegrityError and must be tried again, not stop the worker.
+    from orders import engine as orders_engine
+
+    real_apply = orders_engine.apply
+    calls: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO order_posts", {}, Exception("duplicate key"))
+        return real_apply(*args, **kwargs)
+
+    sleeps: list[float] = []
+    monkeypatch.setattr("bot.pipeline.engine.apply", racing)
+    monkeypatch.setattr("bot.pipeline.time.sleep", sleeps.append)
+    pipeline = Pipeline(sessions, [brand], clock=FakeClock(START))
+    pipeline.submit(order(1), SOURCE, cursor="n1")
+    [report] = pipeline.drain()
+
+    assert len(calls) == 2 and len(sleeps) == 1
+    assert [o.kind for o in report.outcomes] == ["payment_needed"]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(reservations)) == 1
+        assert cursors.load(session, SOURCE.cursor_key) == "n1"
+
+
+def test_a_unique_key_error_that_persists_stops_after_the_bounded_retries(
+    sessions: sessionmaker[Session], brand: Brand, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def always(*args: Any, **kwargs: Any) -> Any:
+        raise IntegrityError("INSERT INTO order_posts", {}, Exception("duplicate key"))
+
+    sleeps: list[float] = []
+    monkeypatch.setattr("bot.pipeline.engine.apply", always)
+    monkeypatch.setattr("bot.pipeline.time.sleep", sleeps.append)
+    pipeline = Pipeline(sessions, [brand], clock=FakeClock(START), retries=2)
+    pipeline.submit(order(1), SOURCE, cursor="n1")
+    with pytest.raises(IntegrityError):
+        pipeline.drain()
+    assert len(sleeps) == 2
+    with sessions() as session:
         assert cursors.load(session, SOURCE.cursor_key) is None
 
 
