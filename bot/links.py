@@ -2,9 +2,11 @@
 
 A token names a buyer and a campaign and carries its expiry; it is
 `base64url(json [buyer, campaign, expires_epoch]) "." base64url(HMAC-SHA256)`, so it cannot be
-guessed or altered, and verification compares MACs in constant time. Whoever holds a token can
-see that buyer's status page and top up their wallet (never spend or withdraw), so tokens are
-bearer secrets: they are never logged.
+guessed or altered, and verification compares MACs in constant time. The MAC also binds the
+token's purpose, `"me"` (the status page) or `"pay"` (top-up), which is not in the payload: a
+status token is refused by `/topup/` and a pay token by `/me/`. Whoever holds a token can see
+that buyer's status page, or top up their wallet (never spend or withdraw), so tokens are bearer
+secrets: they go to the buyer only by direct message and are never logged.
 
 The key is `FLASHTAG_LINK_SECRET`. Without it (development), each database gets its own random
 key, created on first use and kept in the `link_secrets` table, so links survive restarts and
@@ -22,6 +24,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import Column, String, Table, select
@@ -34,7 +37,11 @@ from config.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(days=7)
-_CONTEXT = b"flashtag-buyer-link-v1."
+# v2 binds the purpose; v1 tokens (one token for both routes) are no longer accepted.
+_CONTEXT = b"flashtag-buyer-link-v2."
+
+Purpose = Literal["me", "pay"]
+PURPOSES: tuple[Purpose, ...] = ("me", "pay")
 
 link_secrets = Table(
     "link_secrets",
@@ -75,30 +82,40 @@ class LinkSigner:
             raise ValueError("the link secret must be at least 16 bytes")
         self._secret = secret
 
-    def _mac(self, payload: str) -> bytes:
-        return hmac.new(self._secret, _CONTEXT + payload.encode("ascii"), hashlib.sha256).digest()
+    def _mac(self, purpose: Purpose, payload: str) -> bytes:
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown link purpose {purpose!r}")
+        message = _CONTEXT + purpose.encode("ascii") + b"." + payload.encode("ascii")
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
 
-    def sign(self, buyer: str, campaign_id: str, expires_at: datetime) -> str:
+    def sign(self, buyer: str, campaign_id: str, expires_at: datetime, *, purpose: Purpose) -> str:
         body = json.dumps(
             [buyer, campaign_id, int(expires_at.timestamp())],
             separators=(",", ":"),
             ensure_ascii=False,
         )
         payload = _b64(body.encode("utf-8"))
-        return f"{payload}.{_b64(self._mac(payload))}"
+        return f"{payload}.{_b64(self._mac(purpose, payload))}"
 
     def issue(
-        self, buyer: str, campaign_id: str, *, now: datetime, ttl: timedelta = DEFAULT_TTL
+        self,
+        buyer: str,
+        campaign_id: str,
+        *,
+        purpose: Purpose,
+        now: datetime,
+        ttl: timedelta = DEFAULT_TTL,
     ) -> str:
-        return self.sign(buyer, campaign_id, now + ttl)
+        return self.sign(buyer, campaign_id, now + ttl, purpose=purpose)
 
-    def verify(self, token: str, *, now: datetime) -> BuyerLink:
-        """The link a token stands for; raises `InvalidLinkError` / `ExpiredLinkError`."""
+    def verify(self, token: str, *, purpose: Purpose, now: datetime) -> BuyerLink:
+        """The link a token stands for, if it was signed for `purpose`; raises
+        `InvalidLinkError` / `ExpiredLinkError`."""
         payload, dot, mac = token.partition(".")
         if not dot or not payload or not mac or len(token) > 1024:
             raise InvalidLinkError("malformed token")
         try:
-            expected = _b64(self._mac(payload))
+            expected = _b64(self._mac(purpose, payload))
         except UnicodeEncodeError as exc:
             raise InvalidLinkError("malformed token") from exc
         # Compare the canonical encodings, so no second spelling of a MAC is accepted.

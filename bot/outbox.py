@@ -9,7 +9,8 @@ sent for a change that rolled back, and never lost for one that committed. Each 
 - a priority: payment needed (and other action-needed messages) 0, confirmed 1, promoted 2,
   waitlisted 3, rejected/expired/cancelled 4, status/balance/help 5;
 - a visibility no more public than the post it answers (and at most `unlisted`, so a flash sale
-  does not flood public timelines). Anything carrying a top-up link goes by direct message.
+  does not flood public timelines). Anything carrying one of the buyer's links (status page or
+  top-up: bearer tokens) goes only by direct message; public replies carry no token.
 
 Sending (`Sender`) is one loop per platform account, and several may run at once: each claims the
 most urgent due message (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer makes the
@@ -38,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import links as buyer_links
-from bot.replies import Links, render, text_hash, uses_topup_link
+from bot.replies import Links, render, text_hash, uses_personal_link
 from bot.tables import outbox_messages
 from config.brand import Brand
 from config.settings import get_settings
@@ -94,8 +95,9 @@ def idempotency_key(outcome: Outcome) -> str:
 
 
 def visibility_for(outcome: Outcome) -> str:
-    """Direct for anything with a payment link; else the post's visibility, capped at unlisted."""
-    if uses_topup_link(outcome):
+    """Direct for anything with one of the buyer's links (their status page or top-up link);
+    else the post's visibility, capped at unlisted."""
+    if uses_personal_link(outcome):
         return "direct"
     post = outcome.visibility if outcome.visibility in _RANK else "direct"
     return min(post, _REPLY_CEILING, key=_RANK.__getitem__)
@@ -184,14 +186,19 @@ def queue(
         if (account, key) in seen_keys:
             continue
         seen_keys.add((account, key))
-        token = signer.issue(outcome.buyer, outcome.campaign_id, now=now)
+        # One token per purpose: the status link cannot open a payment, nor the payment link
+        # the status page.
+        me = signer.issue(outcome.buyer, outcome.campaign_id, purpose="me", now=now)
+        pay = signer.issue(outcome.buyer, outcome.campaign_id, purpose="pay", now=now)
         due = outcome.amount if outcome.kind == "topup" else outcome.amount_due
         links = Links(
-            status_url=buyer_links.status_url(base_url, token),
-            topup_url=buyer_links.topup_url(base_url, token, due),
+            status_url=buyer_links.status_url(base_url, me),
+            topup_url=buyer_links.topup_url(base_url, pay, due),
         )
         taken = used[(account, outcome.buyer)]
         text, lang = render(outcome, brand=brand, links=links, used=taken)
+        # Whatever the templates say, a text that carries a token never goes out in public.
+        personal = me in text or pay in text
         digest = text_hash(text)
         taken.add(digest)
         rows.append(
@@ -205,7 +212,7 @@ def queue(
                 "handle": outcome.handle,
                 "recipient_id": outcome.buyer.partition(":")[2] or None,
                 "in_reply_to": outcome.post_id,
-                "visibility": visibility_for(outcome),
+                "visibility": "direct" if personal else visibility_for(outcome),
                 "lang": lang,
                 "text": text,
                 "text_hash": digest,

@@ -27,7 +27,8 @@ LANGUAGES = ("en", "ja", "zh")
 
 @dataclass(frozen=True, slots=True)
 class Links:
-    """The buyer's links for one campaign (bearer secrets: the topup one goes only by DM)."""
+    """The buyer's links for one campaign: bearer secrets, so a reply that carries either goes
+    only by direct message (`uses_personal_link`)."""
 
     status_url: str
     topup_url: str
@@ -138,8 +139,17 @@ def _distinct(text: str, post_id: str, fresh: Callable[[str], bool]) -> str:
     return candidate
 
 
-def uses_topup_link(outcome: Outcome) -> bool:
-    """Whether the reply carries the top-up link (and so must go by direct message)."""
-    table = load_templates()["en"]
-    variants = table.get(template_key(outcome))
-    return isinstance(variants, list) and any("{topup_url}" in str(v) for v in variants)
+PERSONAL_PLACEHOLDERS = ("{status_url}", "{topup_url}")
+
+
+def uses_personal_link(outcome: Outcome) -> bool:
+    """Whether the reply, in any language, carries one of the buyer's own links (status page or
+    top-up): those are bearer tokens, so such a reply must go by direct message."""
+    key = template_key(outcome)
+    for table in load_templates().values():
+        variants = table.get(key) if isinstance(table, Mapping) else None
+        if isinstance(variants, list) and any(
+            p in str(v) for v in variants for p in PERSONAL_PLACEHOLDERS
+        ):
+            return True
+    return False

@@ -1,13 +1,15 @@
 """The web process: top-up links, the Stripe webhook, the buyer status page, campaign stock.
 
-- `GET /topup/{token}?amount=` opens a Stripe Checkout Session for the link's buyer and campaign
-  and redirects there (amount in minor units, within the campaign's `topup_min..topup_max`).
-  Stripe down or slow: a 503 page asking to try again; the retry reuses the idempotency key, so
-  Stripe never makes a second session for the same link and amount.
+- `GET /topup/{token}?amount=` (a `pay` token) opens a Stripe Checkout Session for the link's
+  buyer and campaign and redirects there (amount in minor units, within the campaign's
+  `topup_min..topup_max`). Stripe down or slow: a 503 page asking to try again; the retry
+  reuses the idempotency key, so Stripe never makes a second session for the same link and
+  amount.
 - `POST /stripe/webhook` verifies `Stripe-Signature` on the raw body (400 and no change when it
   is missing, forged or older than 300 s), records the event id once, and applies paid Checkout
   Sessions (credit, settle, queue replies: one transaction) and `charge.refunded` (debit).
-- `GET /me/{token}`: the buyer's reservations, queue positions, hold deadlines and balance.
+- `GET /me/{token}` (a `me` token): the buyer's reservations, queue positions, hold deadlines
+  and balance. A token works on its own route only, and both go to the buyer by direct message.
 - `GET /c/{campaign}`: stock left per SKU and reservations per state.
 - `GET /healthz`: 200 when the database answers.
 
@@ -39,6 +41,7 @@ from bot.links import (
     ExpiredLinkError,
     InvalidLinkError,
     LinkSigner,
+    Purpose,
     link_id,
     signer_for,
     status_url,
@@ -189,9 +192,11 @@ def _queue_position(session: Session, row: RowMapping) -> int:
 # --- handlers ----------------------------------------------------------------------------------
 
 
-def _link(site: Site, token: str) -> tuple[Any, Brand, Campaign] | HTMLResponse:
+def _link(site: Site, token: str, purpose: Purpose) -> tuple[Any, Brand, Campaign] | HTMLResponse:
+    """The link behind `token`, which must have been signed for this route's `purpose` (a status
+    token never opens a payment, a payment token never shows the status page)."""
     try:
-        link = site.signer.verify(token, now=site.clock())
+        link = site.signer.verify(token, purpose=purpose, now=site.clock())
     except ExpiredLinkError:
         return _page(
             "This link has expired",
@@ -241,7 +246,7 @@ def _topup_form(token: str, campaign: Campaign, amount: int, error: str = "") ->
 
 def topup(site: Site, token: str, amount_text: str | None, major: str | None = None) -> Response:
     """`amount` is minor units (links the bot sends); `major` is what a buyer types in the form."""
-    found = _link(site, token)
+    found = _link(site, token, "pay")
     if isinstance(found, HTMLResponse):
         return found
     link, brand, campaign = found
@@ -271,7 +276,10 @@ def topup(site: Site, token: str, amount_text: str | None, major: str | None = N
     if site.stripe is None:
         log.error("top-up asked but STRIPE_SECRET_KEY is not set")
         return _page("Payments are not available", "<p>Please try again later.</p>", 503)
-    me = status_url(site.settings.public_url, token)
+    # Stripe sends the buyer back to their status page: a `me` token with this link's expiry, so
+    # the same link and amount always make the same request (Stripe's idempotency key needs it).
+    me_token = site.signer.sign(link.buyer, link.campaign_id, link.expires_at, purpose="me")
+    me = status_url(site.settings.public_url, me_token)
     request = TopupRequest(
         link_id=link_id(token),
         buyer=link.buyer,
@@ -407,7 +415,7 @@ def webhook(site: Site, payload: bytes, signature: str | None) -> Response:
 
 
 def status_page(site: Site, token: str, paid: bool) -> Response:
-    found = _link(site, token)
+    found = _link(site, token, "me")
     if isinstance(found, HTMLResponse):
         return found
     link, _brand, campaign = found
@@ -484,7 +492,10 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
     )
     if due > balance:
         amount = min(max(due - balance, campaign.topup_min), campaign.topup_max)
-        href = f"/topup/{token}?amount={amount}"
+        # The page is the buyer's own (its link goes only by direct message), so it offers a
+        # payment link of its own: a `pay` token with the same expiry, never this `me` token.
+        pay = site.signer.sign(link.buyer, link.campaign_id, link.expires_at, purpose="pay")
+        href = f"/topup/{pay}?amount={amount}"
         parts.append(
             f'<p><a class="button" href="{_e(href)}">Top up {_e(money(amount, campaign))}</a></p>'
         )

@@ -19,12 +19,15 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import responses
 import stripe
+
+if TYPE_CHECKING:
+    from bot.links import Purpose
 
 API = "https://api.stripe.com"
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef0123456789abcdef"
@@ -423,8 +426,9 @@ class Shop:
         self.rsps.reset()
         self.engine.dispose()
 
-    def token(self, buyer: str, campaign: str = "drop") -> str:
-        return self.signer.issue(buyer, campaign, now=self.clock.now)
+    def token(self, buyer: str, campaign: str = "drop", purpose: Purpose = "pay") -> str:
+        """A buyer link token: `pay` opens `/topup/`, `me` opens `/me/`."""
+        return self.signer.issue(buyer, campaign, purpose=purpose, now=self.clock.now)
 
     def order(
         self, buyer: str, sku: str = "PHONE", quantity: int = 1, handle: str = "fan"

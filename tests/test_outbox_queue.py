@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from bot import cursors
-from bot.links import LinkSigner
-from bot.outbox import queue, queue_status
+from bot.links import PURPOSES, InvalidLinkError, LinkSigner
+from bot.outbox import PRIORITY, queue, queue_status
 from bot.replies import load_templates
 from bot.tables import outbox_messages
 from config.database import session_factory
@@ -62,6 +63,96 @@ def test_a_fan_gets_each_reply_once_even_if_the_batch_is_queued_again(engine: En
     assert "number 3 on the waitlist" in str(rows[1]["text"])
 
 
+def _tokens_accepted(text: str) -> list[tuple[str, str]]:
+    """Every (purpose, token) in `text` that a buyer-link route would accept."""
+    accepted = []
+    for candidate in re.findall(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", text):
+        for purpose in PURPOSES:
+            try:
+                SIGNER.verify(candidate, purpose=purpose, now=NOW)
+            except InvalidLinkError:
+                continue
+            accepted.append((purpose, candidate))
+    return accepted
+
+
+@pytest.mark.parametrize("post", ["public", "unlisted", "private", "direct"])
+@pytest.mark.parametrize("lang", ["en", "ja", "zh"])
+def test_no_reply_a_stranger_can_read_carries_a_buyers_link(
+    engine: Engine, post: str, lang: str
+) -> None:
+    # Every kind of reply, in every language, to posts of every visibility: anything not sent by
+    # direct message is readable by strangers, so it must hold no token either route accepts.
+    kinds = [k for k in PRIORITY if k != "promoted"]
+    batch = [
+        outcome(
+            kind,
+            str(i),
+            reservation_id=i,
+            lang=lang,
+            visibility=post,
+            amount_due=29900,
+            amount=5000,
+            balance=100,
+            queue_position=2,
+            reason="sold_out",
+            hold_expires_at=NOW + timedelta(minutes=15),
+        )
+        for i, kind in enumerate(kinds)
+    ]
+    batch += [
+        outcome("promoted", "p1", reservation_id=100, lang=lang, visibility=post),
+        outcome(
+            "promoted",
+            "p2",
+            reservation_id=101,
+            lang=lang,
+            visibility=post,
+            state="awaiting_payment",
+            amount_due=29900,
+            hold_expires_at=NOW + timedelta(minutes=15),
+        ),
+    ]
+    assert _queue(engine, batch) == len(batch)
+    rows = _rows(engine)
+    seen = set()
+    for row in rows:
+        text = str(row["text"])
+        found = _tokens_accepted(text)
+        seen |= {purpose for purpose, _ in found}
+        if row["visibility"] != "direct":
+            assert found == [], (row["kind"], row["visibility"], text)
+            assert "/me/" not in text and "/topup/" not in text, (row["kind"], text)
+    assert seen == {"me", "pay"}  # the links do go out, by direct message
+    # A reply with no link still answers as publicly as the post allows (capped at unlisted).
+    rejected = next(r for r in rows if r["kind"] == "rejected")
+    assert rejected["visibility"] == ("unlisted" if post == "public" else post)
+
+
+def test_each_link_opens_only_its_own_page(engine: Engine) -> None:
+    _queue(
+        engine,
+        [
+            outcome(
+                "payment_needed",
+                reservation_id=9,
+                amount_due=29900,
+                hold_expires_at=NOW + timedelta(minutes=15),
+            ),
+            outcome("confirmed", "1002", reservation_id=10),
+        ],
+    )
+    by_kind = {r["kind"]: str(r["text"]) for r in _rows(engine)}
+    pay = by_kind["payment_needed"].split(f"{URL}/topup/")[1].split("?")[0]
+    me = by_kind["confirmed"].split(f"{URL}/me/")[1].split()[0]
+    assert SIGNER.verify(pay, purpose="pay", now=NOW).buyer == "mastodon:42"
+    assert SIGNER.verify(me, purpose="me", now=NOW).buyer == "mastodon:42"
+    with pytest.raises(InvalidLinkError):
+        SIGNER.verify(pay, purpose="me", now=NOW)  # /me/ refuses a payment token
+    with pytest.raises(InvalidLinkError):
+        SIGNER.verify(me, purpose="pay", now=NOW)  # /topup/ refuses a status token
+
+
 def test_payment_links_go_only_by_direct_message(engine: Engine) -> None:
     _queue(
         engine,
@@ -81,6 +172,7 @@ def test_payment_links_go_only_by_direct_message(engine: Engine) -> None:
     assert f"{URL}/topup/" in str(pay["text"]) and "USD 299.00" in str(pay["text"])
     assert "/topup/" not in str(by_kind["confirmed"]["text"])
     assert f"{URL}/me/" in str(by_kind["confirmed"]["text"])
+    assert by_kind["confirmed"]["visibility"] == "direct"  # the status link is a secret too
 
 
 @pytest.mark.parametrize(
@@ -95,7 +187,7 @@ def test_payment_links_go_only_by_direct_message(engine: Engine) -> None:
 def test_a_reply_is_never_more_public_than_the_post(
     engine: Engine, post: str, expected: str
 ) -> None:
-    _queue(engine, [outcome("confirmed", reservation_id=1, visibility=post)])
+    _queue(engine, [outcome("rejected", reservation_id=1, visibility=post, reason="sold_out")])
     assert _rows(engine)[0]["visibility"] == expected
 
 
@@ -155,7 +247,8 @@ def test_every_language_has_every_kind_and_the_same_placeholders() -> None:
                 continue
             assert isinstance(variants, list)
             for ours, theirs in zip(variants, table[kind], strict=True):  # type: ignore[call-overload]
-                assert ("{topup_url}" in ours) == ("{topup_url}" in theirs), (lang, kind)
+                for link in ("{topup_url}", "{status_url}"):
+                    assert (link in ours) == (link in theirs), (lang, kind, link)
 
 
 def test_status_counts_the_queue_per_priority(engine: Engine) -> None:
@@ -237,6 +330,6 @@ def test_links_in_replies_open_the_buyers_own_pages(
         )
     text = str(_rows(engine)[0]["text"])
     token = text.split(f"{URL}/me/")[1].split()[0]
-    link = signer_for(settings, factory).verify(token, now=NOW)
+    link = signer_for(settings, factory).verify(token, purpose="me", now=NOW)
     assert link.buyer == "mastodon:42" and link.campaign_id == "demo"
     get_settings.cache_clear()

@@ -58,7 +58,7 @@ def server() -> Iterator[MockServer]:
 
 
 def queue_replies(engine: Engine, clock: FakeClock, count: int, platform: str = "mastodon") -> None:
-    kinds = ["confirmed", "waitlisted", "payment_needed", "help"]
+    kinds = ["confirmed", "waitlisted", "payment_needed", "help", "rejected"]
     outcomes = [
         Outcome(
             kind=kinds[i % len(kinds)],  # type: ignore[arg-type]
@@ -153,10 +153,12 @@ def test_a_429_makes_the_sender_wait_for_the_reset_and_nothing_is_sent_twice(
     posted = bot_statuses(server)
     assert len(posted) == 24
     assert sorted(str(s["id"]) for s in posted) == sorted(str(m["platform_id"]) for m in messages)
-    # Payment links went by direct message only.
+    # The buyer's links (payment and status page) went by direct message only.
     direct = {str(s["id"]) for s in posted if s["visibility"] == "direct"}
     for m in messages:
-        assert ("/topup/" in str(m["text"])) == (m["platform_id"] in direct)
+        personal = "/topup/" in str(m["text"]) or "/me/" in str(m["text"])
+        assert personal == (m["platform_id"] in direct)
+    assert 0 < len(direct) < len(posted)  # a rejection carries no link and stays a reply
 
 
 def test_most_urgent_first_then_retry_transient_and_fail_rejected(

@@ -24,7 +24,7 @@ def test_status_page_shows_holds_queue_positions_and_balance(shop: Shop) -> None
     assert (first_waiting.queue_position, second_waiting.queue_position) == (1, 2)
     assert held.hold_expires_at is not None
 
-    page = shop.http.get(f"/me/{shop.token('mastodon:1')}")
+    page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}")
     assert page.status_code == 200
     assert "Awaiting payment" in page.text and "299.00 USD" in page.text
     assert held.hold_expires_at.strftime("%Y-%m-%d %H:%M:%S") in page.text
@@ -32,22 +32,24 @@ def test_status_page_shows_holds_queue_positions_and_balance(shop: Shop) -> None
     assert 'name="viewport"' in page.text
     assert "/topup/" in page.text  # what is due can be paid from the page
 
-    waiting = shop.http.get(f"/me/{shop.token('mastodon:4')}").text
+    waiting = shop.http.get(f"/me/{shop.token('mastodon:4', purpose='me')}").text
     assert "On the waitlist" in waiting and "position <b>2</b>" in waiting
-    assert "position <b>1</b>" in shop.http.get(f"/me/{shop.token('mastodon:3')}").text
+    assert (
+        "position <b>1</b>" in shop.http.get(f"/me/{shop.token('mastodon:3', purpose='me')}").text
+    )
 
 
 def test_status_page_follows_a_top_up(shop: Shop) -> None:
     shop.order("mastodon:1", sku="CASE")
     session = shop.paid_checkout("mastodon:1", 5000)
     shop.deliver(shop.fake.event("checkout.session.completed", session))
-    page = shop.http.get(f"/me/{shop.token('mastodon:1')}", params={"paid": "1"}).text
+    page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}", params={"paid": "1"}).text
     assert "Confirmed" in page and "40.00 USD" in page and "Thank you" in page
 
 
 def test_everything_shown_is_escaped(shop: Shop) -> None:
     shop.order("mastodon:1", handle='<script>alert("x")</script>')
-    page = shop.http.get(f"/me/{shop.token('mastodon:1')}").text
+    page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}").text
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<b>64GB</b>" not in page and "Phone &lt;b&gt;64GB&lt;/b&gt;" in page
     stock = shop.http.get("/c/drop").text
@@ -57,9 +59,27 @@ def test_everything_shown_is_escaped(shop: Shop) -> None:
 def test_a_link_shows_only_its_own_buyer(shop: Shop) -> None:
     shop.order("mastodon:1", handle="alice")
     shop.order("mastodon:2", handle="bob")
-    page = shop.http.get(f"/me/{shop.token('mastodon:2')}").text
+    page = shop.http.get(f"/me/{shop.token('mastodon:2', purpose='me')}").text
     assert "bob" in page and "alice" not in page
     assert shop.http.get("/me/not-a-token").status_code == 404
+
+
+def test_each_link_opens_only_its_own_page(shop: Shop) -> None:
+    shop.order("mastodon:1")
+    me, pay = shop.token("mastodon:1", purpose="me"), shop.token("mastodon:1", purpose="pay")
+    # A status link (the kind a reply might have shown) never opens a payment in the fan's name.
+    assert shop.http.get(f"/topup/{me}", params={"amount": 29900}).status_code == 404
+    assert shop.http.get(f"/topup/{me}").status_code == 404
+    assert shop.fake.sessions == {}
+    # A payment link never shows the fan's orders, balance or handle.
+    refused = shop.http.get(f"/me/{pay}")
+    assert refused.status_code == 404 and "fan" not in refused.text
+    # Each on its own route works, and the status page's pay button carries a payment token.
+    page = shop.http.get(f"/me/{me}").text
+    assert "Awaiting payment" in page and me not in page.split("<body>")[1]
+    href = page.split('href="/topup/')[1].split("?")[0]
+    assert shop.signer.verify(href, purpose="pay", now=shop.clock.now).buyer == "mastodon:1"
+    assert shop.http.get(f"/topup/{pay}", params={"amount": 29900}).status_code == 303
 
 
 def test_campaign_page_counts_stock_and_states(shop: Shop) -> None:
@@ -85,5 +105,5 @@ def test_a_lapsed_hold_is_shown_as_lapsed_not_payable(shop: Shop) -> None:
     [held] = shop.order("mastodon:1")
     assert held.hold_expires_at is not None
     shop.clock.now = held.hold_expires_at
-    page = shop.http.get(f"/me/{shop.token('mastodon:1')}").text
+    page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}").text
     assert "hold lapsed at" in page and "/topup/" not in page

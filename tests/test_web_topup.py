@@ -122,7 +122,7 @@ def test_forged_expired_and_foreign_links(shop: Shop) -> None:
     token = shop.token(BUYER)
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert shop.http.get(f"/topup/{forged}", params={"amount": 900}).status_code == 404
-    unknown = shop.signer.issue(BUYER, "no-such-sale", now=shop.clock.now)
+    unknown = shop.signer.issue(BUYER, "no-such-sale", purpose="pay", now=shop.clock.now)
     assert shop.http.get(f"/topup/{unknown}", params={"amount": 900}).status_code == 404
     shop.clock.advance(days=8)
     assert shop.http.get(f"/topup/{token}", params={"amount": 900}).status_code == 410

@@ -45,7 +45,15 @@ def web(
     engine = create_engine(db or settings.database_url)
     app = create_app(settings, session_factory(engine), brands, lambda: datetime.now(UTC))
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
+        # No access log, even with --verbose: it prints every request path, and `/me/<token>`
+        # and `/topup/<token>` paths are the buyers' bearer links (tokens are never logged).
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info" if verbose else "warning",
+            access_log=False,
+        )
     finally:
         engine.dispose()
 
