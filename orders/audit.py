@@ -11,6 +11,8 @@ means everything holds:
 - limits: no buyer holds more live units in a campaign than its `per_buyer_limit`;
 - money: every paid reservation has its purchase in the ledger in the matching state and
   amount, every refunded one its refund, and the ledger itself balances (`wallet.ledger.audit`);
+- Stripe: every paid top-up is credited exactly once, nobody is refunded more than they paid,
+  and every cash-out took from the wallet what its refunds return (`wallet.stripe_payments.audit`);
 - extra checks the caller passes (the bot adds "at most one reply of each kind").
 """
 
@@ -24,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from orders.payments import hold_ref, refund_ref
 from orders.tables import ALLOCATED_STATES, campaigns, posts, products, reservations
-from wallet import ledger
+from wallet import ledger, stripe_payments
 from wallet.tables import transfers
 
 Check = Callable[[Session], list[str]]
@@ -171,6 +173,7 @@ CHECKS: tuple[Check, ...] = (
     check_limits,
     check_payments,
     ledger.audit,
+    stripe_payments.audit,
 )
 
 

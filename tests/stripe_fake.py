@@ -469,10 +469,9 @@ class Shop:
 
     def audit(self) -> list[str]:
         from orders.audit import audit
-        from wallet.stripe_payments import audit as stripe_audit
 
         with self.factory() as session:
-            return audit(session, extra=[stripe_audit])
+            return audit(session)
 
     def count(self, table: Any, *where: Any) -> int:
         from sqlalchemy import func, select

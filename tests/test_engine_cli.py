@@ -6,13 +6,14 @@ import csv
 import io
 import json
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from test_engine_support import Shop
 from typer.testing import CliRunner
 
 from bot.cli import app
 from orders.export import FIELDS
 from orders.tables import products, reservations
+from wallet.stripe_tables import stripe_checkout_sessions
 
 runner = CliRunner()
 
@@ -54,6 +55,19 @@ def test_audit_catches_a_buyer_over_the_limit(db_url: str) -> None:
     result = runner.invoke(app, ["audit", "--db", db_url])
     assert result.exit_code == 1
     assert "buyer mastodon:bob holds 3 units, limit 2" in result.output
+    shop.close()
+
+
+def test_audit_checks_stripe_and_names_a_hand_edited_top_up_once(db_url: str) -> None:
+    shop = _sale(db_url)
+    t = stripe_checkout_sessions.c
+    with shop.sessions.begin() as s:  # the paid session now claims more than was credited
+        session_id = s.execute(select(t.session_id).where(t.state == "paid")).scalar_one()
+        s.execute(update(stripe_checkout_sessions).values(amount_total=150_00))
+    result = runner.invoke(app, ["audit", "--db", db_url])
+    assert result.exit_code == 1
+    problem = f"paid session {session_id} (15000) credited as topup of 10000"
+    assert result.output.count(problem) == 1, result.output
     shop.close()
 
 

@@ -21,6 +21,7 @@ from orders.engine import apply, due_reminders, expire_holds, settle_buyer
 from orders.outcomes import Outcome
 from orders.tables import products, reservations
 from wallet import ledger
+from wallet.stripe_payments import PaidSession, apply_paid_session
 
 OPENS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CLOSES = OPENS + timedelta(hours=2)
@@ -134,15 +135,19 @@ class Shop:
 
     def topup(self, fan: str, amount: int, ref: str | None = None) -> list[Outcome]:
         self._topups += 1
+        # Through a paid Checkout Session, as every top-up arrives, so the Stripe audit holds.
+        session_id = ref or f"cs_{self.fan_prefix}{fan}_{self._topups}"
+        paid = PaidSession(
+            session_id=session_id,
+            buyer=self.buyer(fan),
+            campaign_id=None,
+            amount=amount,
+            currency="EUR",
+            payment_intent=f"pi_{session_id}",
+            topup_key=None,
+        )
         with self.sessions.begin() as s:
-            ledger.credit_topup(
-                s,
-                buyer=self.buyer(fan),
-                amount=amount,
-                currency="EUR",
-                stripe_ref=ref or f"cs_{self.fan_prefix}{fan}_{self._topups}",
-                at=self.now,
-            )
+            apply_paid_session(s, paid, at=self.now, via="webhook")
         with self.sessions.begin() as s:
             return settle_buyer(s, self.buyer(fan), now=self.now)
 

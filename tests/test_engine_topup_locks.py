@@ -15,8 +15,7 @@ from test_engine_support import Shop, make_brand
 
 from bot.jobs_payments import apply_topup
 from orders.commands import Command
-from wallet import ledger
-from wallet.stripe_payments import PaidSession
+from wallet.stripe_payments import PaidSession, apply_paid_session
 
 ROUNDS = 25
 
@@ -35,14 +34,16 @@ def test_topups_and_orders_for_one_buyer_race_without_deadlock(shop: Shop) -> No
         fan = f"racer{n}"
         shop.apply(shop.post(fan))  # awaiting payment: no credit yet
         with shop.sessions.begin() as s:  # credit enough for a second phone, not yet settled
-            ledger.credit_topup(
-                s,
+            pre = PaidSession(
+                session_id=f"pre_{n}",
                 buyer=shop.buyer(fan),
+                campaign_id="drop",
                 amount=100_00,
                 currency="EUR",
-                stripe_ref=f"pre_{n}",
-                at=shop.now,
+                payment_intent=f"pi_pre_{n}",
+                topup_key=None,
             )
+            apply_paid_session(s, pre, at=shop.now, via="webhook")
         second = shop.post(fan)
         paid = PaidSession(
             session_id=f"cs_{n}",
