@@ -5,7 +5,8 @@
 - `announce:<campaign>:open` / `:close`: once, at the campaign's open and close, a public post
   from the brand's announcement templates;
 - `expire`: every `expire_seconds`, `orders.engine.expire_holds` (lapse holds, promote the
-  waitlist) and the replies;
+  waitlist), `orders.engine.capture_held` for each confirmation-step campaign whose
+  `cancel_until` (else `closes_at`) has passed, and the replies;
 - `remind`: every `remind_seconds`, a reminder to each buyer whose hold lapses within the
   campaign's `reminder_minutes`;
 - `reconcile`: every `reconcile_minutes`, `bot.jobs_payments.reconcile_payments` (when Stripe is
@@ -43,7 +44,7 @@ from config.settings import Settings
 from connectors.pacing import Clock, SystemClock
 from orders import engine
 from orders.outcomes import Outcome
-from orders.tables import products, reservations
+from orders.tables import campaigns, products, reservations
 
 log = logging.getLogger(__name__)
 
@@ -332,11 +333,45 @@ def progress(
     )
 
 
+def capture_due(session: Session, now: datetime) -> list[Outcome]:
+    """Take the held money of every confirmation-step campaign whose cancellations are over.
+
+    A campaign with `confirmation_step` only holds a buyer's credit when it confirms an order;
+    once `cancel_until` has passed (`closes_at` when it is unset) nobody can cancel any more,
+    so its confirmed reservations still `held` are captured (`orders.engine.capture_held`).
+    Orders confirmed later are captured by the next run.
+    """
+    c = campaigns.c
+    r = reservations.c
+    held = (
+        select(r.id)
+        .where(r.campaign_id == c.id, r.state == "confirmed", r.payment == "held")
+        .exists()
+    )
+    due = session.execute(
+        select(c.id)
+        .where(
+            c.confirmation_step.is_(True),
+            func.coalesce(c.cancel_until, c.closes_at) <= now,
+            held,
+        )
+        .order_by(c.id)
+    ).scalars()
+    outcomes: list[Outcome] = []
+    for campaign_id in due.all():
+        captured = engine.capture_held(session, campaign_id, now=now)
+        log.info("captured %d held payment(s) of %s", len(captured), campaign_id)
+        outcomes.extend(captured)
+    return outcomes
+
+
 def expire(ctx: JobContext, session: Session, now: datetime) -> int:
-    """Lapse every hold past its expiry, promote the waitlist, queue the replies."""
+    """Lapse every hold past its expiry, promote the waitlist, capture the held payments of
+    confirmation-step campaigns whose cancellations are over, queue the replies."""
     outcomes = engine.expire_holds(session, now)
     if outcomes:
         log.info("expired/promoted: %d outcome(s)", len(outcomes))
+    outcomes.extend(capture_due(session, now))
     return queue_outcomes(session, ctx, outcomes, now=now)
 
 

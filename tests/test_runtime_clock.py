@@ -135,6 +135,62 @@ def test_a_lapsed_hold_expires_and_the_waitlist_moves_up(
     assert count(sessions, kind="promoted") == 1
 
 
+def test_the_expire_job_takes_held_money_once_cancellations_are_over(engine: Engine) -> None:
+    # A confirmation-step campaign only holds the buyer's credit; after cancel_until nobody
+    # can cancel, so the clock takes the money (the sales account is credited) on its own.
+    from bot.commands.orders_cmd import one_reply_per_kind
+    from orders.audit import audit
+    from orders.payments import hold_ref
+    from wallet.stripe_payments import PaidSession, apply_paid_session
+    from wallet.tables import accounts, transfers
+
+    held_brand = parse_brand(
+        TINY.replace(
+            "hold_minutes = 0.5",
+            "hold_minutes = 0.5\nconfirmation_step = true\ncancel_until = 2026-06-01T12:30:00Z",
+        )
+    )
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        load_campaigns(session, [held_brand], now=OPEN)
+        paid = PaidSession("cs_1", "mastodon:1", "tiny", 1000, "USD", "pi_1", None)
+        apply_paid_session(session, paid, at=OPEN, via="webhook")
+    clock = FakeClock(OPEN + timedelta(seconds=1))
+    pipeline = Pipeline(sessions, [held_brand], clock=clock)
+    pipeline.submit(fan(1, OPEN), SOURCE)
+    pipeline.drain()
+    ctx = context(sessions, held_brand, clock)
+
+    def books() -> tuple[str | None, str | None, tuple[int, int]]:
+        with sessions() as session:
+            rid, payment = session.execute(select(reservations.c.id, reservations.c.payment)).one()
+            state = session.scalar(
+                select(transfers.c.state).where(transfers.c.ref == hold_ref(rid))
+            )
+            a = accounts.c
+            sales = session.execute(
+                select(a.credits_posted, a.credits_pending).where(
+                    a.kind == "sales", a.owner == "tiny"
+                )
+            ).one()
+            return payment, state, (sales[0], sales[1])
+
+    assert books() == ("held", "pending", (0, 1000))
+    clock.advance(20 * 60)  # 12:20, cancellations still open: the money stays held
+    assert run_job("expire", ctx=ctx) == "ran:0"
+    assert books() == ("held", "pending", (0, 1000))
+
+    clock.advance(11 * 60)  # 12:31: past cancel_until
+    assert run_job("expire", ctx=ctx) == "ran:0"  # the buyer was told "confirmed" already
+    assert books() == ("posted", "posted", (1000, 0))
+    clock.advance(ctx.expire_seconds)
+    assert run_job("expire", ctx=ctx) == "ran:0"  # captured once
+    assert books() == ("posted", "posted", (1000, 0))
+    with sessions() as session:
+        assert audit(session, extra=(one_reply_per_kind,)) == []
+    assert count(sessions, kind="confirmed") == 1
+
+
 @pytest.mark.parametrize("leaders", ["one leader", "both think they lead"])
 def test_two_clocks_never_run_the_same_job_twice(
     sessions: sessionmaker[Session], brand: Brand, db_url: str, leaders: str
