@@ -203,10 +203,22 @@ class Campaign(Strict):
         if self.topup_max < self.topup_min:
             raise ValueError("topup_max must not be below topup_min")
         seen: set[str] = set()
+        variants: dict[frozenset[frozenset[str]], str] = {}
         for index, product in enumerate(self.products):
             if product.sku in seen:
                 raise DuplicateError(("products", index, "sku"), f"duplicate SKU {product.sku!r}")
             seen.add(product.sku)
+            if not product.variant:
+                continue
+            words = frozenset(
+                frozenset(w.casefold() for w in group) for group in product.variant.values()
+            )
+            if words in variants:
+                raise DuplicateError(
+                    ("products", index, "variant"),
+                    f"the same variant words as {variants[words]!r}: no post could pick one",
+                )
+            variants[words] = product.sku
         ids = [job.id for job in self.jobs]
         for index, job_id in enumerate(ids):
             if job_id in ids[:index]:

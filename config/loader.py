@@ -79,8 +79,9 @@ def _index_lines(source: str) -> dict[Path_, int]:
             continue
         assignment = _KEY.match(raw)
         if assignment:
-            full = table + tuple(_split_key(assignment.group(1)))
-            lines.setdefault(full, number)
+            keys = _split_key(assignment.group(1))
+            for end in range(1, len(keys) + 1):  # `a.b = 1` also defines table `a`
+                lines.setdefault(table + tuple(keys[:end]), number)
             for quote in ('"""', "'''"):
                 if raw.count(quote) == 1:
                     in_multiline = quote

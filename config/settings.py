@@ -39,8 +39,11 @@ class Settings(BaseSettings):
         for pattern in (p.strip() for p in self.brands.split(",")):
             if not pattern:
                 continue
-            matches = sorted(glob.glob(pattern))
-            paths.extend(Path(m) for m in (matches or [pattern]))
+            if glob.has_magic(pattern):
+                # A pattern that matches nothing names no file (e.g. run from another folder).
+                paths.extend(Path(m) for m in sorted(glob.glob(pattern)))
+            else:
+                paths.append(Path(pattern))  # a missing file is reported by the loader
         return paths
 
 

@@ -113,6 +113,20 @@ def test_broken_brand_files_name_field_and_line(
     assert f"{path}:{line}" in result.output and field in result.output
 
 
+def test_products_a_post_cannot_tell_apart_are_refused() -> None:
+    same = GOOD.replace(
+        'variant.colour = ["white", "白", "白色", "ホワイト"]',
+        'variant.colour = ["black", "黒", "黑", "黑色", "ブラック"]',
+        1,
+    )
+    with pytest.raises(BrandFileError) as caught:
+        parse_brand(same, "same.toml")
+    [error] = caught.value.errors
+    assert error.field == "campaigns[0].products[1].variant"
+    assert "MI2-16GB-BLACK" in error.message
+    assert error.line == _line_of(same, 'variant.storage = ["16gb", "16g"]', 2)
+
+
 def test_errors_from_several_files_are_all_listed(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[brand\nid = 1\n", encoding="utf-8")
@@ -173,6 +187,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert "sk_test_123" not in repr(settings)
     assert settings.brand_paths()[0] == XIAOMI
     assert DEMO in settings.brand_paths()
+
+
+def test_an_unmatched_brand_glob_names_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = "/nonexistent/brands/missing.toml"
+    monkeypatch.setenv("FLASHTAG_BRANDS", f"/nonexistent/brands/*.toml,{missing}")
+    assert Settings().brand_paths() == [Path(missing)]
 
 
 def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
