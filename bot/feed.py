@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bot.pipeline import BatchReport, Envelope, Pipeline, Source
-from bot.schema import all_metadata
+from bot.schema import prepare
 from config.brand import Brand
 from config.database import create_engine, session_factory
 from config.loader import load_brand
@@ -261,9 +261,9 @@ def resolve_brand(value: str) -> Brand:
 
 
 def ensure_tables(engine: Engine) -> None:
-    """Create any of flashtag's tables that are missing (an upgraded database is left as is)."""
-    for metadata in all_metadata():
-        metadata.create_all(engine)
+    """Make the replay's database ready: migrated when new, so `flashtag db upgrade` works on it
+    later (see `bot.schema.prepare`)."""
+    prepare(engine.url.render_as_string(hide_password=False))
 
 
 @dataclass

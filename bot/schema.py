@@ -7,9 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 
-from config.database import normalize_url
+from config.database import create_engine, normalize_url
 
 # Each package keeps its own metadata (one MetaData per package, in `<package>/tables.py`);
 # table modules listed here register their tables on it. The bot is the only place that sees
@@ -50,3 +50,20 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at `url` up to `revision` (the Procfile's release step)."""
     command.upgrade(alembic_config(url), revision)
+
+
+def prepare(url: str) -> None:
+    """Make the database at `url` ready to use: migrate it (a new database gets the whole
+    history, so a later `flashtag db upgrade` knows where it stands). A database whose tables
+    were created without migrations (test fixtures, benchmark scratch databases) only gets any
+    missing tables."""
+    engine = create_engine(url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        if names and "alembic_version" not in names:
+            for metadata in all_metadata():
+                metadata.create_all(engine)
+            return
+    finally:
+        engine.dispose()
+    upgrade(url)

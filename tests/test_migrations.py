@@ -44,3 +44,27 @@ def test_upgrade_matches_the_declared_tables(empty_db: str) -> None:
         diff = compare_metadata(context, declared)
     engine.dispose()
     assert diff == [], f"migrations and tables disagree: {diff}"
+
+
+def test_a_database_made_by_replay_can_be_upgraded_later(tmp_path: Path) -> None:
+    storm = tmp_path / "storm.jsonl"
+    url = f"sqlite:///{tmp_path / 'replayed.db'}"
+    runner = CliRunner()
+    made = runner.invoke(app, ["bench", "storm", "--posts", "200", "--write", str(storm)])
+    assert made.exit_code == 0, made.output
+    replayed = runner.invoke(
+        app,
+        [
+            "replay",
+            str(storm),
+            "--brand",
+            "xiaomi",
+            "--shift-to-open",
+            "--db",
+            url,
+            "--no-progress",
+        ],
+    )
+    assert replayed.exit_code == 0, replayed.output
+    upgraded = runner.invoke(app, ["db", "upgrade", "--db", url])
+    assert upgraded.exit_code == 0, upgraded.output

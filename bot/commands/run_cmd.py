@@ -34,20 +34,10 @@ def _brands(settings: Settings, files: list[Path] | None) -> list[Brand]:
 
 
 def prepare_schema(url: str) -> None:
-    """Bring a one-machine database up to date: the Alembic migrations when the project has
-    them (so a later `flashtag db upgrade` finds its own history), else the tables as declared."""
-    from bot.schema import MIGRATIONS, all_metadata, upgrade
-    from config.database import create_engine
+    """Bring a one-machine database up to date (see `bot.schema.prepare`)."""
+    from bot.schema import prepare
 
-    if any((MIGRATIONS / "versions").glob("*.py")):
-        upgrade(url)
-        return
-    engine = create_engine(url)
-    try:
-        for metadata in all_metadata():
-            metadata.create_all(engine)
-    finally:
-        engine.dispose()
+    prepare(url)
 
 
 def _start(the_worker: Worker) -> None:
