@@ -38,8 +38,8 @@ import orjson
 from config.brand import Brand, normalize_hashtag
 
 FIXTURE = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared"
+    Path(__file__).resolve().parent.parent
+    / "tests"
     / "fixtures"
     / "real"
     / "mastodon"

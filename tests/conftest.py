@@ -24,8 +24,7 @@ from config.database import create_engine, normalize_url
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "real"
+FIXTURES = ROOT / "tests" / "fixtures" / "real"
 
 _real_connect = socket.socket.connect
 

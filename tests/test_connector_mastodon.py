@@ -38,7 +38,7 @@ from connectors.mastodon import MastodonConnector
 from connectors.pacing import FakeClock
 from connectors.post import Deletion, Post, Signal
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 FANS = 500
 BOT_TOKEN = "shop_token"  # a mock server's fixture token, not a credential
 

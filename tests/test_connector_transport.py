@@ -23,7 +23,7 @@ from connectors.base import AuthFailed, RateLimited, Rejected, Transient, classi
 from connectors.pacing import FakeClock, Pacer, mastodon_window, parse_reset, x_window
 from connectors.sse import HEARTBEAT, SSEParser
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 NOW = datetime(2026, 8, 1, 14, 55, tzinfo=UTC)
 
 

@@ -1,5 +1,5 @@
 """The X connector through the real tweepy `Client`, with HTTP answered by `responses` from the
-real recorded payloads in shared/fixtures/real/twitter."""
+real recorded payloads in tests/fixtures/real/twitter."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from connectors.pacing import FakeClock
 from connectors.post import Post
 from connectors.twitter import XConnector
 
-FIXTURES = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real" / "twitter"
-)
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real" / "twitter"
 API = "https://api.twitter.com/2"
 BOT = "783214"
 MENTIONS = f"{API}/users/{BOT}/mentions"

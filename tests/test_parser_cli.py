@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from bot.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "real"
+FIXTURES = ROOT / "tests" / "fixtures" / "real"
 XIAOMI = str(ROOT / "config" / "brands" / "xiaomi.toml")
 
 

@@ -26,7 +26,7 @@ from connectors.x_payload import post_from_tweet, posts_from_page
 from orders.commands import Decision
 from orders.parser import REASONS, Grammar, compile_grammar, parse, parse_by_text
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 T0 = datetime(2012, 10, 30, 4, 0, tzinfo=UTC)
 KINDS = {"order", "cancel", "status", "balance", "topup", "help", "ignore", "reject"}
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

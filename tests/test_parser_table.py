@@ -2,7 +2,7 @@
 
 Rows cover the three languages, full-width input, Weibo-style tags, hostile characters, every
 reason code, brand-added words, and the real recorded Mastodon and X payloads in
-../shared/fixtures/real/ (every post in them appears below, through the payload converters).
+tests/fixtures/real/ (every post in them appears below, through the payload converters).
 Each row is also checked against `parse_by_text`, the memo-free reading of the same grammar.
 """
 
@@ -25,7 +25,7 @@ from orders.commands import Decision
 from orders.parser import REASONS, Grammar, compile_grammar, parse, parse_by_text
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "real"
+FIXTURES = ROOT / "tests" / "fixtures" / "real"
 T0 = datetime(2012, 10, 30, 4, 0, tzinfo=UTC)
 
 XIAOMI = load_brand(ROOT / "config" / "brands" / "xiaomi.toml")

@@ -16,7 +16,7 @@ from connectors.mastodon_payload import (
     post_from_status,
 )
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 
 
 def fixture(name: str) -> Any:

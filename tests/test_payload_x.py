@@ -18,7 +18,7 @@ from connectors.x_payload import (
     tweets_of,
 )
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 
 
 def body(name: str) -> Any:
