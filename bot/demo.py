@@ -498,7 +498,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(key.replace("_", " "), str(summary[key]))
     console.print(table)
     if summary["audit"] == "ok":
-        console.print("[bold green]audit: ok[/bold green] (every invariant of DESIGN.md holds)")
+        console.print("[bold green]audit: ok[/bold green] (every invariant holds)")
     else:
         console.print("[bold red]audit failed:[/bold red]")
         for problem in summary["audit"]:

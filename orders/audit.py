@@ -1,4 +1,4 @@
-"""Check every invariant of DESIGN.md that the orders and the wallet can see.
+"""Check every invariant of docs/design.md that the orders and the wallet can see.
 
 `audit(session)` returns a list of problems, each one sentence naming what broke; an empty list
 means everything holds:

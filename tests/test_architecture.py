@@ -1,4 +1,4 @@
-"""The package boundaries of DESIGN.md hold: no package imports against the allowed direction."""
+"""The package boundaries of docs/design.md hold: no package imports against their direction."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_package_imports_only_downward(package: str) -> None:
         for name in _imports(path) & set(ALLOWED):
             if name != package and name not in ALLOWED[package]:
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert not bad, "imports against DESIGN.md's direction:\n" + "\n".join(bad)
+    assert not bad, "imports against the direction in docs/design.md:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))

@@ -1,6 +1,6 @@
 """A state machine of fans ordering, cancelling, topping up, deleting and editing while holds
-lapse: after every step, every invariant of DESIGN.md holds (`orders.audit`), and stock is never
-left idle while someone waits for it."""
+lapse: after every step, every invariant of docs/design.md holds (`orders.audit`), and stock
+is never left idle while someone waits for it."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ class ExportFormat(StrEnum):
 
 
 def one_reply_per_kind(session: Session) -> list[str]:
-    """Every reservation gets at most one reply of each kind (DESIGN.md)."""
+    """Every reservation gets at most one reply of each kind (docs/design.md)."""
     o = outbox_messages.c
     rows = session.execute(
         select(o.reservation_id, o.kind, func.count())
@@ -40,7 +40,7 @@ def one_reply_per_kind(session: Session) -> list[str]:
 def audit_command(
     db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)"),
 ) -> None:
-    """Check every invariant in DESIGN.md; exit 1 and say what broke."""
+    """Check every invariant in docs/design.md; exit 1 and say what broke."""
     engine = create_engine(db or get_settings().database_url)
     try:
         with session_factory(engine)() as session:
