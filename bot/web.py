@@ -30,8 +30,7 @@ from zoneinfo import ZoneInfo
 import stripe
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import func, select, text, tuple_
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +47,7 @@ from bot.links import (
 )
 from config.brand import Brand, Campaign
 from config.settings import Settings
+from orders import queue
 from orders.tables import products, reservations
 from wallet import ledger
 from wallet.stripe_payments import (
@@ -173,20 +173,6 @@ def _amount_due(session: Session, buyer: str, campaign: Campaign, now: datetime)
         )
     ).scalar_one()
     return max(int(due) - ledger.available(session, buyer, campaign.currency), 0)
-
-
-def _queue_position(session: Session, row: RowMapping) -> int:
-    r = reservations
-    ahead = session.execute(
-        select(func.coalesce(func.sum(r.c.quantity), 0)).where(
-            r.c.campaign_id == row["campaign_id"],
-            r.c.sku == row["sku"],
-            r.c.state == "waitlisted",
-            tuple_(r.c.posted_at, r.c.post_id, r.c.part)
-            < tuple_(row["posted_at"], row["post_id"], row["part"]),
-        )
-    ).scalar_one()
-    return int(ahead) + 1
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -436,9 +422,8 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
             .mappings()
             .all()
         )
-        positions = {
-            row["id"]: _queue_position(session, row) for row in rows if row["state"] == "waitlisted"
-        }
+        # Counted in the order promotion follows (queue tickets), not by post time.
+        places = queue.positions(session, [row["id"] for row in rows])
         handle = rows[-1]["handle"] if rows else None
         pending_topups = session.execute(
             select(func.count()).where(
@@ -475,7 +460,7 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
             elif row["state"] == "awaiting_payment":
                 detail.append(f"hold lapsed at {_e(_when(row['hold_expires_at'], campaign))}")
             if row["state"] == "waitlisted":
-                detail.append(f"position <b>{_e(positions[row['id']])}</b> in the queue")
+                detail.append(f"position <b>{_e(places[row['id']])}</b> in the queue")
             if row["reason"]:
                 detail.append(f"({_e(row['reason'])})")
             parts.append(

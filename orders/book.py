@@ -65,7 +65,10 @@ class Stock:
         self.d_released += units
 
     def enqueue(self, units: int) -> tuple[int, int]:
-        """Put `units` on the waitlist; returns (queue ticket, position: units ahead + 1)."""
+        """Put `units` on the waitlist; returns (queue ticket, position: units ahead + 1).
+
+        The position is exact in promotion order (`orders.queue`): the new ticket is above every
+        ticket already waiting, so the units ahead are all the units waiting now."""
         position = self.waiting + 1
         ticket = self.enqueued + self.d_enqueued + 1
         self.d_waitlisted += units
@@ -74,10 +77,6 @@ class Stock:
 
     def dequeue(self, units: int) -> None:
         self.d_waitlisted -= units
-
-    def position(self, ticket: int) -> int:
-        """About how many units wait ahead of `ticket`, plus one."""
-        return max(1, self.waiting - (self.enqueued + self.d_enqueued - ticket))
 
 
 @dataclass

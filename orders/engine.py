@@ -11,7 +11,8 @@
 4. edits: an accepted post never changes; a post that was rejected or ignored is decided again
    as a new attempt stamped with its edit time;
 5. cancels and deletes (`orders.lifecycle.cancel`), then the waitlist takes any freed units;
-6. status, balance, top-up and help answers;
+6. status, balance, top-up and help answers (a status reply's waitlist position is exact, in
+   promotion order: one `orders.queue.positions` query for the whole batch);
 
 and returns the outcomes in batch order. It flushes and never commits.
 """
@@ -43,6 +44,7 @@ from orders.lifecycle import (
 from orders.outcomes import Outcome
 from orders.payments import balances
 from orders.placing import OrderRequest, outcome_for, place_orders
+from orders.queue import positions
 from orders.tables import LIVE_STATES, posts, reservations
 
 __all__ = [
@@ -416,6 +418,7 @@ def _answer(book: Book, items: list[Indexed]) -> None:
             matching(
                 session,
                 select(
+                    reservations.c.id,
                     reservations.c.campaign_id,
                     reservations.c.buyer,
                     reservations.c.sku,
@@ -425,7 +428,6 @@ def _answer(book: Book, items: list[Indexed]) -> None:
                     reservations.c.part,
                     reservations.c.hold_expires_at,
                     reservations.c.amount,
-                    reservations.c.queue_ticket,
                 ).where(
                     reservations.c.campaign_id.in_(sorted({c.campaign_id for _, c in status})),
                     reservations.c.state.in_(LIVE_STATES),
@@ -436,6 +438,11 @@ def _answer(book: Book, items: list[Indexed]) -> None:
         )
         for row in sorted(found, key=lambda r: (r.posted_at, r.part)):
             mine[(row.campaign_id, row.buyer)].append(row)
+    # The one reservation each status reply is about: unpaid, then waiting, then paid.
+    rank = {"awaiting_payment": 0, "waitlisted": 1, "confirmed": 2}
+    tops = {key: min(rows, key=lambda r: rank[r.state]) for key, rows in mine.items()}
+    # Exact places in promotion order, for the whole batch in one query.
+    places = positions(session, [r.id for r in tops.values() if r.state == "waitlisted"])
     for i, cmd in items:
         d = cmd.decision
         rules = book.rules[cmd.campaign_id]
@@ -447,14 +454,10 @@ def _answer(book: Book, items: list[Indexed]) -> None:
         elif d.decision == "help":
             book.emit(outcome_for(cmd, "help"), i)
         elif d.decision == "status":
-            rows = mine.get((cmd.campaign_id, cmd.buyer), [])
-            if not rows:
+            top = tops.get((cmd.campaign_id, cmd.buyer))
+            if top is None:
                 book.emit(outcome_for(cmd, "status", balance=balance), i)
                 continue
-            # The one that most needs the buyer's attention: unpaid, then waiting, then paid.
-            rank = {"awaiting_payment": 0, "waitlisted": 1, "confirmed": 2}
-            top = min(rows, key=lambda r: rank[r.state])
-            stock = book.stock[(cmd.campaign_id, top.sku)]
             book.emit(
                 outcome_for(
                     cmd,
@@ -464,9 +467,7 @@ def _answer(book: Book, items: list[Indexed]) -> None:
                     state=top.state,
                     hold_expires_at=top.hold_expires_at,
                     amount_due=top.amount if top.state == "awaiting_payment" else None,
-                    queue_position=stock.position(top.queue_ticket)
-                    if top.state == "waitlisted" and top.queue_ticket is not None
-                    else None,
+                    queue_position=places.get(top.id),
                     balance=balance,
                 ),
                 i,

@@ -1,8 +1,8 @@
 """One line per reservation of a campaign, for the brand's fulfilment: `flashtag export`.
 
 Rows stream in reservation id order (memory stays flat however large the campaign). A waitlisted
-reservation's `queue_position` is exact here: the units waiting ahead of it in queue order
-(`queue_ticket`) plus one.
+reservation's `queue_position` is exact here, counted by `orders.queue` in the order promotion
+follows: the units waiting ahead of it plus one.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orders.queue import campaign_queue
 from orders.tables import reservations
 
 FIELDS = (
@@ -35,22 +36,7 @@ r_ = reservations.c
 
 def export_rows(session: Session, campaign_id: str) -> Iterator[dict[str, Any]]:
     """Every reservation of the campaign as a dict of `FIELDS` (times as ISO 8601 text)."""
-    ahead = (
-        func.coalesce(
-            func.sum(r_.quantity).over(
-                partition_by=r_.sku,
-                order_by=(r_.queue_ticket, r_.id),
-                rows=(None, -1),
-            ),
-            0,
-        )
-        + 1
-    )
-    queue = (
-        select(r_.id.label("id"), ahead.label("position"))
-        .where(r_.campaign_id == campaign_id, r_.state == "waitlisted")
-        .subquery()
-    )
+    queue = campaign_queue(campaign_id)
     stmt = (
         select(
             r_.id,

@@ -2,7 +2,8 @@
 
 - `cancel` releases stock (or a waitlist place) and gives money back: a confirmed reservation is
   refunded to the wallet (or its pending hold voided) while the campaign allows cancellation.
-- `promote` hands free units to the waitlist in queue order (`queue_ticket`). A
+- `promote` hands free units to the waitlist in queue order (`orders.queue.QUEUE_ORDER`, the
+  order every shown position counts in). A
   waiting part bigger than what is free is split: the head takes what is free, the remainder
   keeps its place. A promoted buyer whose wallet covers the price is confirmed at once.
 - `expire_holds`, `settle_buyer` and `due_reminders` are the clock's and the top-up webhook's
@@ -26,6 +27,7 @@ from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, capture, charge, refund, void
 from orders.placing import RESERVATION_COLUMNS, hold_expiry
+from orders.queue import QUEUE_ORDER
 from orders.tables import ALLOCATED_STATES, campaigns, reservations
 
 r_ = reservations.c
@@ -157,7 +159,7 @@ def promote(book: Book) -> None:
         free = stock.free
         rows = session.execute(
             joined(r_.campaign_id == campaign_id, r_.sku == sku, r_.state == "waitlisted")
-            .order_by(r_.queue_ticket, r_.id)
+            .order_by(*QUEUE_ORDER)
             .limit(free)
         ).all()
         chosen: list[tuple[Row[Any], int]] = []

@@ -81,8 +81,8 @@ products = Table(
     Column("allocated", Integer, nullable=False, server_default="0"),
     Column("released", Integer, nullable=False, server_default="0"),
     Column("waitlisted", Integer, nullable=False, server_default="0"),
-    # Units ever put on the waitlist: a waitlisted part's `queue_ticket` is this count when it
-    # joined, so its position is about `waitlisted - (enqueued - queue_ticket)`.
+    # Units ever put on the waitlist: the next part to join gets `queue_ticket` = this + 1
+    # (positions are counted in ticket order by `orders.queue`).
     Column("enqueued", BigInteger, nullable=False, server_default="0"),
     ForeignKeyConstraint(["campaign_id"], [campaigns.c.id]),
     CheckConstraint("price >= 0", name="price"),
