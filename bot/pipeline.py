@@ -48,6 +48,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_POSTS = 500
 DEFAULT_MAX_WAIT_MS = 50
+DEFAULT_MAX_QUEUED = 50_000  # signals waiting for a batch: bounded memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +220,14 @@ class Pipeline:
         on_commit: Callable[[BatchReport], None] | None = None,
         retries: int = 5,
         public_url: str | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self._sessions = sessions
         self.directory = CampaignDirectory(brands)
         self._clock: Clock = clock or SystemClock()
-        self._queue: queue.Queue[object] = queue.Queue()
+        # Bounded, so a connector reading faster than batches commit waits (backpressure on its
+        # socket) instead of holding a whole storm in memory.
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._batcher: Batcher[Envelope] = Batcher(max_posts, timedelta(milliseconds=max_wait_ms))
         self._on_commit = on_commit
         self._retries = retries
@@ -234,7 +238,8 @@ class Pipeline:
     # -- input -------------------------------------------------------------------------------
 
     def submit(self, signal: Signal, source: Source, cursor: str | None = None) -> None:
-        """Queue one signal (any thread). `cursor` is the source's position after it."""
+        """Queue one signal (any thread). `cursor` is the source's position after it. Blocks
+        while `max_queued` signals wait, until the consumer catches up."""
         self._queue.put(Envelope(signal, source, cursor))
 
     def sink(self, source: Source) -> Callable[[Signal, str | None], None]:

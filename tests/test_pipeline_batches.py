@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -297,3 +298,33 @@ def test_each_post_is_decided_by_the_grammar_of_the_campaign_it_names(engine: En
     assert rows == {"1": "autumn", "2": "spring", "3": "spring"}
     assert decisions["3"] == "ignore"  # addressed to no campaign: recorded once, ignored
     assert skus == {"1": "A", "2": "S"}
+
+
+def test_a_connector_faster_than_the_database_waits_instead_of_filling_memory(
+    sessions: sessionmaker[Session], brand: Brand
+) -> None:
+    pipeline = Pipeline(
+        sessions, [brand], max_posts=2, max_wait_ms=10_000, clock=FakeClock(START), max_queued=3
+    )
+    submitted: list[int] = []
+    third_in, all_in = threading.Event(), threading.Event()
+
+    def connector() -> None:
+        for n in range(6):
+            pipeline.submit(order(n), SOURCE, cursor=f"n{n}")
+            submitted.append(n)
+            if n == 2:
+                third_in.set()
+        all_in.set()
+
+    thread = threading.Thread(target=connector, daemon=True)
+    thread.start()
+    assert third_in.wait(5)
+    assert not all_in.wait(0.2)  # the fourth signal waits for room
+    assert pipeline.depth() == 3
+    while not all_in.is_set() or pipeline.depth():
+        pipeline.pump(timeout=0.05)
+    thread.join(5)
+    assert submitted == list(range(6))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(posts)) == 6
