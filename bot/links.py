@@ -149,30 +149,44 @@ def status_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/me/{quote(token, safe='')}"
 
 
-def database_secret(factory: sessionmaker[Session]) -> bytes:
-    """This database's own random link key, created on first use."""
-    with factory.begin() as session:
+def session_secret(session: Session) -> bytes:
+    """This database's own random link key, created on first use, read in `session` (so a
+    caller holding SQLite's write lock does not wait on a second connection)."""
+    found = session.execute(
+        select(link_secrets.c.secret).where(link_secrets.c.name == "buyer_links")
+    ).scalar_one_or_none()
+    if found is None:
+        # Two processes starting at once both try; the first key wins for both.
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        session.execute(
+            dialect.insert(link_secrets)
+            .values(name="buyer_links", secret=secrets.token_hex(32))
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
         found = session.execute(
             select(link_secrets.c.secret).where(link_secrets.c.name == "buyer_links")
-        ).scalar_one_or_none()
-        if found is None:
-            # Two processes starting at once both try; the first key wins for both.
-            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-            session.execute(
-                dialect.insert(link_secrets)
-                .values(name="buyer_links", secret=secrets.token_hex(32))
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
-            found = session.execute(
-                select(link_secrets.c.secret).where(link_secrets.c.name == "buyer_links")
-            ).scalar_one()
+        ).scalar_one()
     return bytes.fromhex(found)
+
+
+def database_secret(factory: sessionmaker[Session]) -> bytes:
+    """This database's own random link key, in a transaction of its own."""
+    with factory.begin() as session:
+        return session_secret(session)
+
+
+def configured_signer(settings: Settings) -> LinkSigner | None:
+    """The signer from `FLASHTAG_LINK_SECRET`, or None when it is unset."""
+    if settings.link_secret is not None and settings.link_secret.get_secret_value():
+        return LinkSigner(settings.link_secret.get_secret_value().encode("utf-8"))
+    return None
 
 
 def signer_for(settings: Settings, factory: sessionmaker[Session]) -> LinkSigner:
     """The signer from `FLASHTAG_LINK_SECRET`, or this database's own key when it is unset."""
-    if settings.link_secret is not None and settings.link_secret.get_secret_value():
-        return LinkSigner(settings.link_secret.get_secret_value().encode("utf-8"))
+    configured = configured_signer(settings)
+    if configured is not None:
+        return configured
     log.warning(
         "FLASHTAG_LINK_SECRET is not set: buyer links are signed with a random key kept in this "
         "database (fine for development; set FLASHTAG_LINK_SECRET in production)"

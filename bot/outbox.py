@@ -109,25 +109,8 @@ def visibility_for(outcome: Outcome) -> str:
 def _signer(session: Session) -> buyer_links.LinkSigner:
     """The buyer-link signer, its database key read within the caller's session (a second
     connection would wait on the SQLite write lock this very transaction holds)."""
-    settings = get_settings()
-    if settings.link_secret is not None and settings.link_secret.get_secret_value():
-        return buyer_links.LinkSigner(settings.link_secret.get_secret_value().encode("utf-8"))
-    table = buyer_links.link_secrets
-    found = session.execute(
-        select(table.c.secret).where(table.c.name == "buyer_links")
-    ).scalar_one_or_none()
-    if found is None:
-        bind = session.get_bind()
-        insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
-        session.execute(
-            insert(table)
-            .values(name="buyer_links", secret=os.urandom(32).hex())
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        found = session.execute(
-            select(table.c.secret).where(table.c.name == "buyer_links")
-        ).scalar_one()
-    return buyer_links.LinkSigner(bytes.fromhex(found))
+    configured = buyer_links.configured_signer(get_settings())
+    return configured or buyer_links.LinkSigner(buyer_links.session_secret(session))
 
 
 # -- queueing ------------------------------------------------------------------------------------
