@@ -38,6 +38,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def is_postgres(session: Session) -> bool:
+    """Whether `session` talks to PostgreSQL (set-based statements differ by dialect)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

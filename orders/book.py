@@ -18,7 +18,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orders.bulk import insert_rows, is_postgres
+from config.database import is_postgres
+from orders.bulk import insert_rows
 from orders.campaigns import CampaignRules, read_rules
 from orders.outcomes import Outcome
 from orders.tables import products, transitions

@@ -19,9 +19,7 @@ from sqlalchemy import DateTime, Select, Table, Text, bindparam, cast, func, sel
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+from config.database import is_postgres
 
 
 @lru_cache(maxsize=8192)

@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, aliased
 
+from config.database import is_postgres
 from wallet import store
 from wallet.audit import FLOWS, audit
 from wallet.errors import (
@@ -539,7 +540,7 @@ def _settle(session: Session, refs: Sequence[str], *, post: bool, at: datetime) 
             .where(members)
             .order_by(transfers.c.id)
         )
-        if store.is_pg(session):
+        if is_postgres(session):
             stmt = stmt.with_for_update()
         rows.update({row.ref: row for row in session.execute(stmt)})
     for ref in wanted:

@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, aliased
 
+from config.database import is_postgres
 from wallet.errors import LedgerError, TransferConflict
 from wallet.tables import accounts, legs, transfers
 
@@ -47,10 +48,6 @@ _T = TypeVar("_T")
 def chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def member(
@@ -67,7 +64,7 @@ def member(
     wanted = sorted(set(values), key=str)
     if not wanted:
         return []
-    if is_pg(session):
+    if is_postgres(session):
         joined = SEP.join(str(v) for v in wanted)
         array: ColumnElement[Any] = func.string_to_array(bindparam(None, joined, type_=String), SEP)
         if isinstance(wanted[0], int):
@@ -99,7 +96,7 @@ def ensure_accounts(
     found = find_accounts(session, kind, wanted, currency)
     missing = [o for o in wanted if o not in found]
     if missing:
-        ins = pg_insert(accounts) if is_pg(session) else sqlite_insert(accounts)
+        ins = pg_insert(accounts) if is_postgres(session) else sqlite_insert(accounts)
         stmt = ins.on_conflict_do_nothing(index_elements=["owner", "currency", "kind"])
         for chunk in chunks(missing, 2_000):
             session.execute(
@@ -133,7 +130,7 @@ def lock(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
             .where(members)
             .order_by(order, accounts.c.id)
         )
-        if is_pg(session):
+        if is_postgres(session):
             stmt = stmt.with_for_update()
         out.update({row.id: row for row in session.execute(stmt)})
     return out
@@ -198,7 +195,7 @@ def apply(session: Session, deltas: Mapping[int, Delta]) -> None:
     ids = sorted(deltas)
     if not ids:
         return
-    if is_pg(session):
+    if is_postgres(session):
         params = {
             "id": joined(ids),
             "cp": joined(deltas[i].credits_posted for i in ids),
@@ -350,7 +347,7 @@ def insert_transfers(session: Session, new: Sequence[NewTransfer]) -> dict[str, 
     if not new:
         return {}
     ids: dict[str, int] = {}
-    if is_pg(session):
+    if is_postgres(session):
         for chunk in chunks(new, 50_000):
             params = {
                 "ref": joined(t.ref for t in chunk),
