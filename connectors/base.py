@@ -198,3 +198,9 @@ class Connector(abc.ABC):
     def send_delay(self) -> float:
         """Seconds to wait before the next `send`, from the last rate-limit headers."""
         return self.pacer.delay()
+
+
+def id_order(value: str) -> tuple[int, str]:
+    """Sort key for platform ids (Mastodon, X): numeric strings of any length, compared as
+    numbers without int conversion; a non-numeric id sorts first."""
+    return (len(value), value) if value.isdigit() else (0, value)

@@ -41,6 +41,7 @@ from connectors.base import (
     RateLimited,
     Sink,
     classify,
+    id_order,
 )
 from connectors.mastodon_payload import PayloadError, post_from_notification, post_from_status
 from connectors.pacing import Clock, Pacer, SystemClock, mastodon_window
@@ -53,11 +54,6 @@ PAGE_LIMIT = 40  # Mastodon's maximum for notifications
 SEEN_MEMORY = 50_000
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 EDIT_EVENTS = ("status.update", "status_update")  # Mastodon's name; mastodon-mock's name
-
-
-def id_order(value: str) -> tuple[int, str]:
-    """Sort key for Mastodon ids: numeric strings of any length, compared as numbers."""
-    return (len(value), value) if value.isdigit() else (0, value)
 
 
 def newer(a: str | None, b: str | None) -> str | None:

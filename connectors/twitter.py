@@ -37,6 +37,7 @@ from connectors.base import (
     RateLimited,
     Sink,
     classify,
+    id_order,
 )
 from connectors.pacing import Clock, Pacer, SystemClock, x_window
 from connectors.post import Post, Signal
@@ -57,10 +58,6 @@ TWEET_FIELDS = [
 EXPANSIONS = ["author_id"]
 USER_FIELDS = ["username"]
 PAGE_SIZE = 100  # the most get_users_mentions returns per page
-
-
-def id_order(value: str) -> tuple[int, str]:
-    return (len(value), value)
 
 
 class XConnector(Connector):
