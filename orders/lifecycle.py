@@ -301,13 +301,16 @@ def expire_holds(session: Session, now: datetime) -> list[Outcome]:
     return book.close()
 
 
-def _awaiting(buyer: str, now: datetime, every: list[str]) -> tuple[Any, ...]:
-    return (
+def _awaiting(session: Session, buyer: str, now: datetime) -> tuple[tuple[Any, ...], list[str]]:
+    """The filter for the buyer's unpaid, unlapsed reservations, and their campaigns."""
+    every = list(session.scalars(select(campaigns.c.id)))
+    pending = (
         r_.campaign_id.in_(every),
         r_.buyer == buyer,
         r_.state == "awaiting_payment",
         r_.hold_expires_at > now,
     )
+    return pending, list(session.scalars(select(r_.campaign_id).distinct().where(*pending)))
 
 
 def lock_for_settlement(session: Session, buyer: str, *, now: datetime) -> None:
@@ -317,10 +320,7 @@ def lock_for_settlement(session: Session, buyer: str, *, now: datetime) -> None:
     first and settled afterwards would take them the other way round, and on PostgreSQL the two
     would deadlock; calling this first keeps one lock order everywhere.
     """
-    every = list(session.scalars(select(campaigns.c.id)))
-    campaign_ids = list(
-        session.scalars(select(r_.campaign_id).distinct().where(*_awaiting(buyer, now, every)))
-    )
+    _, campaign_ids = _awaiting(session, buyer, now)
     if campaign_ids:
         Book.open(session, campaign_ids, now)
 
@@ -329,9 +329,7 @@ def settle_buyer(session: Session, buyer: str, *, now: datetime) -> list[Outcome
     """Confirm the buyer's unpaid reservations, oldest first, as far as the wallet covers them
     (after a top-up). Reservations whose hold has lapsed are left to `expire_holds`. Call
     `lock_for_settlement` before crediting the wallet in the same transaction."""
-    every = list(session.scalars(select(campaigns.c.id)))
-    pending = _awaiting(buyer, now, every)
-    campaign_ids = list(session.scalars(select(r_.campaign_id).distinct().where(*pending)))
+    pending, campaign_ids = _awaiting(session, buyer, now)
     if not campaign_ids:
         return []
     book = Book.open(session, campaign_ids, now)
