@@ -129,19 +129,27 @@ def insert_rows(
     *,
     constants: Mapping[str, Any] | None = None,
     encoded: bool = False,
-) -> None:
+    skip_conflicts_on: Sequence[str] | None = None,
+) -> int:
     """Insert `rows` (tuples in `columns` order, plus `constants` for every row) in one
-    statement. Callers filter out existing keys first, under the campaign lock; a row that
-    still collides is an error that rolls the whole batch back. `encoded` says the rows'
-    times were already written with `time_encoder`."""
+    statement and return how many were inserted. Callers filter out existing keys first,
+    under the campaign lock; a row that still collides is an error that rolls the whole batch
+    back, unless `skip_conflicts_on` names a unique key whose duplicates are to be skipped
+    (`ON CONFLICT (...) DO NOTHING`). `encoded` says the rows' times were already written with
+    `time_encoder`."""
     if not rows:
-        return
+        return 0
     constants = constants or {}
     names = ", ".join([*columns, *constants])
+    conflict = (
+        f" ON CONFLICT ({', '.join(skip_conflicts_on)}) DO NOTHING" if skip_conflicts_on else ""
+    )
     if is_postgres(session):
         select_rows, params = _jsonb_rows(session, table, columns, rows, constants)
-        session.execute(text(f"INSERT INTO {table.name} ({names}) {select_rows}"), params)
-        return
+        result = session.execute(
+            text(f"INSERT INTO {table.name} ({names}) {select_rows}{conflict}"), params
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
     marks = ", ".join("?" for _ in range(len(columns) + len(constants)))
     fixed = tuple(sqlite_time(v) if isinstance(v, datetime) else v for v in constants.values())
     values: Sequence[Sequence[Any]]
@@ -151,9 +159,10 @@ def insert_rows(
         values = [(*row, *fixed) for row in rows]
     else:
         values = rows
-    session.connection().exec_driver_sql(
-        f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values
+    result = session.connection().exec_driver_sql(
+        f"INSERT INTO {table.name} ({names}) VALUES ({marks}){conflict}", values
     )
+    return int(result.rowcount)
 
 
 def update_rows(
