@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.links import LinkSigner
-from bot.outbox import Sender, queue
+from bot.outbox import Composer, Sender, queue
 from bot.schema import all_metadata
 from config.database import create_engine, session_factory
 from config.loader import load_brand
@@ -112,14 +112,15 @@ def main() -> None:
                 outcomes(args.batch, b * args.batch, now),
                 brand=brand,
                 now=now,
-                public_url="https://shop.example",
-                signer=signer,
             )
     queued = args.batches * args.batch
     queue_cpu, queue_wall = time.process_time() - cpu, time.perf_counter() - wall
 
     connector = InstantConnector()
-    senders = [Sender(factory, connector, name=f"s{i}") for i in range(args.senders)]
+    composer = Composer([brand], public_url="https://shop.example", signer=signer)
+    senders = [
+        Sender(factory, connector, composer=composer, name=f"s{i}") for i in range(args.senders)
+    ]
     threads = [threading.Thread(target=s.drain) for s in senders]
     wall = time.perf_counter()
     for t in threads:

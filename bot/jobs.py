@@ -130,9 +130,7 @@ def queue_outcomes(
         by_brand.setdefault(brand.brand.id, (brand, []))[1].append(outcome)
     queued = 0
     for brand, items in by_brand.values():
-        queued += outbox.queue(
-            session, items, brand=brand, now=now, public_url=ctx.settings.public_url
-        )
+        queued += outbox.queue(session, items, brand=brand, now=now)
     return queued
 
 

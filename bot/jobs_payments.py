@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import outbox
-from bot.links import LinkSigner
 from config.brand import Brand
 from orders.engine import lock_for_settlement, settle_buyer
 from orders.outcomes import Outcome
@@ -50,8 +49,6 @@ def _queue(
     *,
     brands: Sequence[Brand],
     now: datetime,
-    public_url: str | None,
-    signer: LinkSigner | None,
 ) -> None:
     """Queue replies for settled reservations, brand by brand (the outbox paces them)."""
     by_campaign = {c.id: b for b in brands for c in b.campaigns}
@@ -63,7 +60,7 @@ def _queue(
             continue
         groups.setdefault(brand.brand.id, (brand, []))[1].append(outcome)
     for brand, items in groups.values():
-        outbox.queue(session, items, brand=brand, now=now, public_url=public_url, signer=signer)
+        outbox.queue(session, items, brand=brand, now=now)
 
 
 def apply_topup(
@@ -73,8 +70,6 @@ def apply_topup(
     brands: Sequence[Brand],
     now: datetime,
     via: str,
-    public_url: str | None = None,
-    signer: LinkSigner | None = None,
 ) -> list[Outcome] | None:
     """Credit a paid session once, settle the buyer's awaiting reservations, queue the replies.
 
@@ -86,7 +81,7 @@ def apply_topup(
     if not apply_paid_session(session, paid, at=now, via=via):
         return None
     outcomes = settle_buyer(session, paid.buyer, now=now)
-    _queue(session, outcomes, brands=brands, now=now, public_url=public_url, signer=signer)
+    _queue(session, outcomes, brands=brands, now=now)
     return outcomes
 
 
@@ -107,8 +102,6 @@ def reconcile_payments(
     *,
     now: datetime,
     hours: float = DEFAULT_RECONCILE_HOURS,
-    public_url: str | None = None,
-    signer: LinkSigner | None = None,
 ) -> ReconcileReport:
     """Apply every paid Checkout Session of the last `hours` whose webhook never arrived, then
     send any cash-out refunds left pending.
@@ -133,15 +126,7 @@ def reconcile_payments(
         if paid.session_id not in missing:
             continue
         with factory.begin() as session:
-            outcomes = apply_topup(
-                session,
-                paid,
-                brands=brands,
-                now=now,
-                via="reconcile",
-                public_url=public_url,
-                signer=signer,
-            )
+            outcomes = apply_topup(session, paid, brands=brands, now=now, via="reconcile")
             if outcomes is not None:
                 report.applied.append(paid.session_id)
                 log.warning("reconciled %s: its webhook never arrived", paid.session_id)

@@ -31,10 +31,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import orjson
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,7 @@ from bot import links as buyer_links
 from bot.replies import Links, render, text_hash, uses_personal_link
 from bot.tables import outbox_messages
 from config.brand import Brand
+from config.database import is_postgres
 from config.settings import get_settings
 from connectors.base import (
     AuthFailed,
@@ -52,6 +53,8 @@ from connectors.base import (
     Rejected,
 )
 from connectors.pacing import Clock, SystemClock
+from connectors.post import Visibility
+from orders.bulk import insert_rows
 from orders.outcomes import Outcome
 
 log = logging.getLogger(__name__)
@@ -103,38 +106,69 @@ def visibility_for(outcome: Outcome) -> str:
     return min(post, _REPLY_CEILING, key=_RANK.__getitem__)
 
 
-# -- link signing in the caller's transaction ----------------------------------------------------
-
-
-def _signer(session: Session) -> buyer_links.LinkSigner:
-    """The buyer-link signer, its database key read within the caller's session (a second
-    connection would wait on the SQLite write lock this very transaction holds)."""
-    configured = buyer_links.configured_signer(get_settings())
-    return configured or buyer_links.LinkSigner(buyer_links.session_secret(session))
-
-
 # -- queueing ------------------------------------------------------------------------------------
 
+# The fields of an outcome a reply needs besides the message's own columns, in the order
+# `encode_facts` writes them. Append new fields at the end only: rows already queued are read
+# by position, and a missing trailing field reads as None.
+FACT_FIELDS = (
+    "sku",
+    "quantity",
+    "state",
+    "reason",
+    "queue_position",
+    "hold_expires_at",
+    "amount_due",
+    "balance",
+    "amount",
+    "lang",
+    "visibility",
+)
+_QUEUE_COLUMNS = (
+    "account",
+    "idempotency_key",
+    "platform",
+    "kind",
+    "priority",
+    "buyer",
+    "handle",
+    "recipient_id",
+    "in_reply_to",
+    "visibility",
+    "campaign_id",
+    "reservation_id",
+    "facts",
+)
 
-def _used_texts(
-    session: Session, keys: Iterable[tuple[str, str]]
-) -> defaultdict[tuple[str, str], set[str]]:
-    used: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-    by_account: defaultdict[str, set[str]] = defaultdict(set)
-    for account, buyer in keys:
-        by_account[account].add(buyer)
-    t = outbox_messages.c
-    for account, buyers in by_account.items():
-        ordered = sorted(buyers)
-        for start in range(0, len(ordered), _CHUNK):
-            rows = session.execute(
-                select(t.buyer, t.text_hash).where(
-                    t.account == account, t.buyer.in_(ordered[start : start + _CHUNK])
-                )
-            )
-            for buyer, digest in rows:
-                used[(account, buyer)].add(digest)
-    return used
+
+def encode_facts(outcome: Outcome) -> str:
+    """What the reply to `outcome` will say, as one compact JSON array (`FACT_FIELDS`)."""
+    o = outcome
+    return orjson.dumps(
+        (
+            o.sku,
+            o.quantity,
+            o.state,
+            o.reason,
+            o.queue_position,
+            o.hold_expires_at,
+            o.amount_due,
+            o.balance,
+            o.amount,
+            o.lang,
+            o.visibility,
+        )
+    ).decode()
+
+
+def decode_facts(facts: str) -> dict[str, Any]:
+    values = dict(zip(FACT_FIELDS, orjson.loads(facts), strict=False))
+    expires = values.get("hold_expires_at")
+    if isinstance(expires, str):
+        values["hold_expires_at"] = datetime.fromisoformat(expires)
+    if values.get("visibility") is None:
+        values.pop("visibility", None)
+    return values
 
 
 def queue(
@@ -143,82 +177,148 @@ def queue(
     *,
     brand: Brand,
     now: datetime,
-    public_url: str | None = None,
-    signer: buyer_links.LinkSigner | None = None,
 ) -> int:
-    """Queue the replies `outcomes` call for, in the caller's transaction (flush, no commit).
+    """Queue the replies `outcomes` call for, in the caller's transaction (no commit).
 
-    Returns how many new messages were queued (an outcome queued before is skipped).
+    A reply is queued as its outcome's facts; its text is written when a sender claims it
+    (`Composer`), so a storm's replies cost one narrow row each, and a buyer's link is signed
+    only for a message that goes out. Returns how many new messages were queued (an outcome
+    queued before is skipped).
     """
-    wanted = [
-        o
-        for o in outcomes
-        if o.kind not in SILENT and o.kind in PRIORITY and o.platform in SENDABLE_PLATFORMS
-    ]
-    if not wanted:
-        return 0
-    base_url = public_url or get_settings().public_url
-    signer = signer or _signer(session)
-    pairs = {(account_key(brand.brand.id, o.platform), o.buyer) for o in wanted}
-    used = _used_texts(session, pairs)
-    rows: list[dict[str, Any]] = []
-    seen_keys: set[tuple[str, str]] = set()
-    for outcome in wanted:
-        account = account_key(brand.brand.id, outcome.platform)
-        key = idempotency_key(outcome)
-        if (account, key) in seen_keys:
+    accounts = {p: account_key(brand.brand.id, p) for p in SENDABLE_PLATFORMS}
+    rows: list[tuple[Any, ...]] = []
+    seen: set[tuple[str, str]] = set()
+    for o in outcomes:
+        priority = PRIORITY.get(o.kind)
+        account = accounts.get(o.platform)
+        if priority is None or account is None:
             continue
-        seen_keys.add((account, key))
-        # One token per purpose: the status link cannot open a payment, nor the payment link
-        # the status page.
+        key = f"{o.reservation_id or o.post_id}:{o.kind}"
+        if (account, key) in seen:
+            continue
+        seen.add((account, key))
+        rows.append(
+            (
+                account,
+                key,
+                o.platform,
+                o.kind,
+                priority,
+                o.buyer,
+                o.handle,
+                o.buyer.partition(":")[2] or None,
+                o.post_id,
+                visibility_for(o),
+                o.campaign_id,
+                o.reservation_id,
+                encode_facts(o),
+            )
+        )
+    return insert_rows(
+        session,
+        outbox_messages,
+        _QUEUE_COLUMNS,
+        rows,
+        constants={"state": "queued", "attempts": 0, "due_at": now, "created_at": now},
+        skip_conflicts_on=("account", "idempotency_key"),
+    )
+
+
+# -- writing a reply when it is claimed ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A reply's text as it goes out."""
+
+    text: str
+    text_hash: str
+    lang: str | None
+    visibility: Visibility
+
+
+class ComposeError(Exception):
+    """A queued reply that cannot be written (its brand file is no longer loaded)."""
+
+
+class Composer:
+    """Writes queued replies: template, language, the buyer's links, never a text twice.
+
+    Runs in the sender's claim transaction. The buyer's links are signed at that moment, so a
+    link is as fresh as the message that carries it. On PostgreSQL a transaction-scoped advisory
+    lock per (account, buyer) keeps two senders from choosing the same text for one buyer at the
+    same time; SQLite's single writer already does.
+    """
+
+    def __init__(
+        self,
+        brands: Iterable[Brand],
+        *,
+        public_url: str | None = None,
+        signer: buyer_links.LinkSigner | None = None,
+    ) -> None:
+        self.brands = {b.brand.id: b for b in brands}
+        self._public_url = public_url
+        self._signer = signer
+
+    def signer(self, session: Session) -> buyer_links.LinkSigner:
+        """The buyer-link signer; its database key is read within the caller's session (a
+        second connection would wait on the SQLite write lock this very transaction holds)."""
+        if self._signer is None:
+            configured = buyer_links.configured_signer(get_settings())
+            self._signer = configured or buyer_links.LinkSigner(buyer_links.session_secret(session))
+        return self._signer
+
+    def write(self, session: Session, message: Any, *, now: datetime) -> Written:
+        """The text of the queued reply `message` (a row of `outbox_messages`)."""
+        brand_id = message.account.rpartition(":")[0]
+        brand = self.brands.get(brand_id)
+        if brand is None:
+            raise ComposeError(f"no brand file loaded for brand {brand_id!r}")
+        outcome = Outcome(
+            kind=message.kind,
+            platform=message.platform,
+            post_id=message.in_reply_to or "",
+            buyer=message.buyer,
+            handle=message.handle,
+            campaign_id=message.campaign_id or "",
+            reservation_id=message.reservation_id,
+            **decode_facts(message.facts),
+        )
+        used = self._used_texts(session, message.account, message.buyer)
+        signer = self.signer(session)
         me = signer.issue(outcome.buyer, outcome.campaign_id, purpose="me", now=now)
         pay = signer.issue(outcome.buyer, outcome.campaign_id, purpose="pay", now=now)
+        base_url = self._public_url or get_settings().public_url
         due = outcome.amount if outcome.kind == "topup" else outcome.amount_due
         links = Links(
             status_url=buyer_links.status_url(base_url, me),
             topup_url=buyer_links.topup_url(base_url, pay, due),
         )
-        taken = used[(account, outcome.buyer)]
-        text, lang = render(outcome, brand=brand, links=links, used=taken)
+        text, lang = render(outcome, brand=brand, links=links, used=used)
         # Whatever the templates say, a text that carries a token never goes out in public.
         personal = me in text or pay in text
-        digest = text_hash(text)
-        taken.add(digest)
-        rows.append(
-            {
-                "account": account,
-                "idempotency_key": key,
-                "platform": outcome.platform,
-                "kind": outcome.kind,
-                "priority": PRIORITY[outcome.kind],
-                "buyer": outcome.buyer,
-                "handle": outcome.handle,
-                "recipient_id": outcome.buyer.partition(":")[2] or None,
-                "in_reply_to": outcome.post_id,
-                "visibility": "direct" if personal else visibility_for(outcome),
-                "lang": lang,
-                "text": text,
-                "text_hash": digest,
-                "campaign_id": outcome.campaign_id,
-                "reservation_id": outcome.reservation_id,
-                "state": "queued",
-                "attempts": 0,
-                "due_at": now,
-                "created_at": now,
-            }
+        return Written(
+            text=text,
+            text_hash=text_hash(text),
+            lang=lang,
+            visibility="direct" if personal else cast(Visibility, message.visibility),
         )
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues")
-    # from one cached compilation, so a batch of 500 costs a few statements, not 500.
-    inserted = session.execute(
-        insert(outbox_messages)
-        .on_conflict_do_nothing(index_elements=["account", "idempotency_key"])
-        .returning(outbox_messages.c.id),
-        rows,
-    ).all()
-    session.flush()
-    return len(inserted)
+
+    @staticmethod
+    def _used_texts(session: Session, account: str, buyer: str) -> set[str]:
+        if is_postgres(session):
+            session.execute(
+                select(func.pg_advisory_xact_lock(func.hashtextextended(f"{account}|{buyer}", 0)))
+            )
+        t = outbox_messages.c
+        return set(
+            session.execute(
+                select(t.text_hash).where(
+                    t.account == account, t.buyer == buyer, t.text_hash.is_not(None)
+                )
+            ).scalars()
+        )
 
 
 # -- sending -------------------------------------------------------------------------------------
@@ -251,6 +351,8 @@ class Sender:
         factory: sessionmaker[Session],
         connector: Connector,
         *,
+        brands: Iterable[Brand] = (),
+        composer: Composer | None = None,
         account: str | None = None,
         clock: Clock | None = None,
         name: str | None = None,
@@ -261,6 +363,7 @@ class Sender:
     ) -> None:
         self._factory = factory
         self._connector = connector
+        self._composer = composer or Composer(brands)
         self.account = account or connector.account_key
         self._clock: Clock = clock or SystemClock()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -283,7 +386,15 @@ class Sender:
         columns = (
             t.id,
             t.attempts,
+            t.account,
+            t.platform,
+            t.kind,
+            t.buyer,
+            t.campaign_id,
+            t.reservation_id,
+            t.facts,
             t.text,
+            t.text_hash,
             t.visibility,
             t.idempotency_key,
             t.in_reply_to,
@@ -308,6 +419,18 @@ class Sender:
                     break
             if row is None:
                 return False, None
+            written = Written(row.text, row.text_hash, row.lang, row.visibility)
+            if row.text is None:
+                try:
+                    written = self._composer.write(session, row, now=now)
+                except ComposeError as exc:
+                    session.execute(
+                        update(outbox_messages)
+                        .where(t.id == row.id, t.attempts == row.attempts)
+                        .values(state="failed", error=str(exc), lease_until=None)
+                    )
+                    log.error("%s message %s cannot be written: %s", self.account, row.id, exc)
+                    return True, None
             claimed = session.execute(
                 update(outbox_messages)
                 .where(
@@ -318,19 +441,23 @@ class Sender:
                     claimed_by=self.name,
                     lease_until=now + self._lease,
                     attempts=t.attempts + 1,
+                    text=written.text,
+                    text_hash=written.text_hash,
+                    lang=written.lang,
+                    visibility=written.visibility,
                 )
                 .returning(t.id)
             ).first()
             if claimed is None:
                 return True, None
         message = OutgoingMessage(
-            text=row.text,
-            visibility=row.visibility,
+            text=written.text,
+            visibility=written.visibility,
             idempotency_key=f"{self.account}:{row.idempotency_key}",
             in_reply_to=row.in_reply_to,
             recipient_handle=row.handle,
             recipient_id=row.recipient_id,
-            lang=row.lang,
+            lang=written.lang,
         )
         return False, _Claim(id=row.id, attempts=row.attempts + 1, message=message)
 

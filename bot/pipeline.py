@@ -368,9 +368,7 @@ class Pipeline:
         with self._sessions() as session, session.begin():
             outcomes = engine.apply(session, commands, now=now)
             for brand, brand_outcomes in self._by_brand(outcomes):
-                outbox.queue(
-                    session, brand_outcomes, brand=brand, now=now, public_url=self._public_url
-                )
+                outbox.queue(session, brand_outcomes, brand=brand, now=now)
             for key, position in positions.items():
                 cursors.save(session, key, position, at=now)
         return BatchReport(

@@ -145,7 +145,11 @@ PERSONAL_PLACEHOLDERS = ("{status_url}", "{topup_url}")
 def uses_personal_link(outcome: Outcome) -> bool:
     """Whether the reply, in any language, carries one of the buyer's own links (status page or
     top-up): those are bearer tokens, so such a reply must go by direct message."""
-    key = template_key(outcome)
+    return _personal_template(template_key(outcome))
+
+
+@lru_cache(maxsize=64)
+def _personal_template(key: str) -> bool:
     for table in load_templates().values():
         variants = table.get(key) if isinstance(table, Mapping) else None
         if isinstance(variants, list) and any(

@@ -3,7 +3,9 @@
 - `outbox_messages`: one row per reply or direct message. UNIQUE(account, idempotency_key) makes
   queueing the same outcome twice a no-op; `state` moves queued -> sending -> sent | failed (a
   message whose sender died while `sending` is claimed again once its lease lapses). Senders
-  claim by (account, state, priority, due_at), which one index serves.
+  claim by (account, state, priority, due_at), which one index serves. A reply is queued as the
+  facts of its outcome (`facts`) and written (`text`, `text_hash`, `lang`) when a sender claims
+  it; a public post is queued already written.
 - `connector_cursors`: per platform account, the position after the last applied signal. It is
   written in the same transaction as the engine's apply, never before.
 """
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from config.database import new_metadata
@@ -46,8 +49,11 @@ outbox_messages = Table(
     Column("in_reply_to", String(100)),
     Column("visibility", String(10), nullable=False),
     Column("lang", String(10)),
-    Column("text", Text, nullable=False),
-    Column("text_hash", String(64), nullable=False),
+    # Written when claimed for sending (replies) or when queued (public posts).
+    Column("text", Text),
+    Column("text_hash", String(64)),
+    # A reply's outcome, as `bot.outbox.encode_facts` writes it, until its text is written.
+    Column("facts", Text),
     Column("campaign_id", String(100)),
     Column("reservation_id", BigInteger),
     Column("state", String(10), nullable=False, default="queued"),
@@ -66,6 +72,7 @@ outbox_messages = Table(
     ),
     CheckConstraint("state <> 'sent' OR platform_id IS NOT NULL", name="sent_has_platform_id"),
     CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    CheckConstraint("text IS NOT NULL OR facts IS NOT NULL", name="text_or_facts"),
 )
 Index(
     "ix_outbox_claim",
@@ -75,11 +82,15 @@ Index(
     outbox_messages.c.due_at,
     outbox_messages.c.id,
 )
+# The texts a buyer already got, read when the next reply to them is written. Partial: a reply
+# is queued unwritten, so a storm's inserts skip this index.
 Index(
     "ix_outbox_buyer_text",
     outbox_messages.c.account,
     outbox_messages.c.buyer,
     outbox_messages.c.text_hash,
+    postgresql_where=text("text_hash IS NOT NULL"),
+    sqlite_where=text("text_hash IS NOT NULL"),
 )
 
 connector_cursors = Table(

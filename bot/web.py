@@ -313,15 +313,7 @@ def topup(site: Site, token: str, amount_text: str | None, major: str | None = N
 
 
 def _apply(site: Site, session: Session, paid: PaidSession, now: datetime) -> str:
-    applied = apply_topup(
-        session,
-        paid,
-        brands=site.brands,
-        now=now,
-        via="webhook",
-        public_url=site.settings.public_url,
-        signer=site.signer,
-    )
+    applied = apply_topup(session, paid, brands=site.brands, now=now, via="webhook")
     return "credited" if applied is not None else "already_credited"
 
 

@@ -26,7 +26,7 @@ from types import FrameType
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors
-from bot.outbox import Sender
+from bot.outbox import Composer, Sender
 from bot.pipeline import BatchReport, Pipeline, Source
 from config.brand import Brand
 from connectors.base import AuthFailed, Connector
@@ -126,6 +126,8 @@ class Worker:
         self._clock: Clock = clock or SystemClock()
         self._send = send
         self._idle = sender_idle_seconds
+        # One composer for every sender: it writes each reply as it goes out.
+        self._composer = Composer(self.brands, public_url=public_url)
         self._senders_stop = threading.Event()
         self._factory = connector_factory or (
             lambda brand, clock, initial: connectors_for(brand, clock=clock, initial=initial)
@@ -137,7 +139,6 @@ class Worker:
             max_wait_ms=max_wait_ms,
             clock=self._clock,
             on_commit=self._committed(on_commit),
-            public_url=public_url,
         )
         self._running: list[_Running] = []
         self._pipeline_thread: threading.Thread | None = None
@@ -188,7 +189,9 @@ class Worker:
             )
             running.thread.start()
             if self._send:
-                running.sender = Sender(self._sessions, running.connector, clock=self._clock)
+                running.sender = Sender(
+                    self._sessions, running.connector, composer=self._composer, clock=self._clock
+                )
                 sender = running.sender
                 running.sender_thread = threading.Thread(
                     target=self._guard(

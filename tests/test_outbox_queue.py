@@ -12,11 +12,14 @@ from sqlalchemy.engine import Engine
 
 from bot import cursors
 from bot.links import PURPOSES, InvalidLinkError, LinkSigner
-from bot.outbox import PRIORITY, queue, queue_status
+from bot.outbox import PRIORITY, Composer, Sender, queue, queue_status
 from bot.replies import load_templates
 from bot.tables import outbox_messages
 from config.database import session_factory
 from config.loader import load_brand
+from connectors.base import Connector, OutgoingMessage, Sink
+from connectors.pacing import Pacer
+from connectors.post import Signal
 from orders.outcomes import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +43,58 @@ def outcome(kind: str, post_id: str = "1001", **kw: object) -> Outcome:
     return Outcome(kind=kind, post_id=post_id, **fields)  # type: ignore[arg-type]
 
 
+class RecordingConnector(Connector):
+    """Takes every message the sender hands it, instantly, and keeps them."""
+
+    platform = "mastodon"
+
+    def __init__(self) -> None:
+        self.account_key = "demo:mastodon"
+        self.pacer = Pacer(FixedClock())
+        self.sent: list[OutgoingMessage] = []
+
+    def initialize(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
+        return [], cursor
+
+    def stream(self, sink: Sink) -> None:
+        pass
+
+    def send(self, message: OutgoingMessage) -> str:
+        self.sent.append(message)
+        return str(len(self.sent))
+
+
+class FixedClock:
+    def now(self) -> datetime:
+        return NOW
+
+    def sleep(self, seconds: float) -> None:
+        return None
+
+
 def _queue(engine: Engine, outcomes: list[Outcome]) -> int:
     with session_factory(engine).begin() as session:
-        return queue(session, outcomes, brand=BRAND, now=NOW, public_url=URL, signer=SIGNER)
+        return queue(session, outcomes, brand=BRAND, now=NOW)
+
+
+def _send_all(engine: Engine) -> list[OutgoingMessage]:
+    """Send every queued reply as a sender does: written when claimed, most urgent first."""
+    connector = RecordingConnector()
+    composer = Composer([BRAND], public_url=URL, signer=SIGNER)
+    sender = Sender(session_factory(engine), connector, composer=composer, clock=FixedClock())
+    sender.drain()
+    return connector.sent
 
 
 def _rows(engine: Engine) -> list[dict[str, object]]:
+    """Every message, after each queued one was written and sent."""
+    _send_all(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(outbox_messages).order_by(outbox_messages.c.id))
         return [dict(r._mapping) for r in rows]
@@ -297,8 +346,6 @@ def test_outbox_status_command_shows_depth_and_eta(engine: Engine, db_url: str) 
             + [outcome("confirmed", str(i), reservation_id=i) for i in range(10, 16)],
             brand=BRAND,
             now=now,
-            public_url=URL,
-            signer=SIGNER,
         )
         # Two replies went out in the last hour: the pace is 2 per hour.
         session.execute(
@@ -325,11 +372,40 @@ def test_links_in_replies_open_the_buyers_own_pages(
     factory = session_factory(engine)
     settings = Settings(FLASHTAG_LINK_SECRET=None)  # the database's own key, as in development
     with factory.begin() as session:
-        queue(
-            session, [outcome("confirmed", reservation_id=1)], brand=BRAND, now=NOW, public_url=URL
-        )
+        queue(session, [outcome("confirmed", reservation_id=1)], brand=BRAND, now=NOW)
+    connector = RecordingConnector()
+    Sender(
+        factory, connector, composer=Composer([BRAND], public_url=URL), clock=FixedClock()
+    ).drain()
     text = str(_rows(engine)[0]["text"])
     token = text.split(f"{URL}/me/")[1].split()[0]
     link = signer_for(settings, factory).verify(token, purpose="me", now=NOW)
     assert link.buyer == "mastodon:42" and link.campaign_id == "demo"
     get_settings.cache_clear()
+
+
+def test_a_reply_is_queued_as_facts_and_written_when_claimed(engine: Engine) -> None:
+    expires = NOW + timedelta(minutes=15)
+    _queue(
+        engine,
+        [outcome("payment_needed", reservation_id=9, amount_due=29900, hold_expires_at=expires)],
+    )
+    with engine.connect() as conn:
+        (queued,) = conn.execute(select(outbox_messages)).mappings()
+    assert queued["text"] is None and queued["text_hash"] is None
+    assert queued["visibility"] == "direct"  # decided when queued: the kind carries a link
+    (sent,) = _send_all(engine)
+    assert "USD 299.00" in sent.text and f"{URL}/topup/" in sent.text
+    (row,) = _rows(engine)
+    assert row["text"] == sent.text and row["state"] == "sent" and row["lang"] == "en"
+
+
+def test_a_reply_whose_brand_is_not_loaded_fails_with_the_reason(engine: Engine) -> None:
+    _queue(engine, [outcome("confirmed", reservation_id=1)])
+    connector = RecordingConnector()
+    other = Composer([], public_url=URL, signer=SIGNER)  # this sender knows no brand
+    Sender(session_factory(engine), connector, composer=other, clock=FixedClock()).drain()
+    assert connector.sent == []
+    with engine.connect() as conn:
+        (row,) = conn.execute(select(outbox_messages)).mappings()
+    assert row["state"] == "failed" and "demo" in str(row["error"])

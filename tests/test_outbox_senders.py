@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from bot.links import LinkSigner
-from bot.outbox import Sender, queue
+from bot.outbox import Composer, Sender, queue
 from bot.tables import outbox_messages
 from config.database import create_engine, session_factory
 from config.loader import load_brand
@@ -40,6 +40,7 @@ from orders.outcomes import Outcome
 ROOT = Path(__file__).resolve().parent.parent
 BRAND = load_brand(ROOT / "config" / "brands" / "demo.toml")
 SIGNER = LinkSigner(b"0123456789abcdef0123456789abcdef")
+COMPOSER = Composer([BRAND], public_url="https://shop.example", signer=SIGNER)
 BOT_TOKEN = "shop_token"  # a mock server's fixture token, not a credential
 FANS = 20
 
@@ -82,8 +83,6 @@ def queue_replies(engine: Engine, clock: FakeClock, count: int, platform: str = 
             outcomes,
             brand=BRAND,
             now=clock.now(),
-            public_url="https://shop.example",
-            signer=SIGNER,
         )
 
 
@@ -141,7 +140,9 @@ def test_a_429_makes_the_sender_wait_for_the_reset_and_nothing_is_sent_twice(
         },
         count=2,
     )
-    sender = Sender(session_factory(engine), mastodon(server, clock), clock=clock)
+    sender = Sender(
+        session_factory(engine), mastodon(server, clock), composer=COMPOSER, clock=clock
+    )
     results = sender.drain()
 
     assert Counter(r.result for r in results) == {"sent": 24, "rate_limited": 2}
@@ -167,7 +168,9 @@ def test_most_urgent_first_then_retry_transient_and_fail_rejected(
     clock = FakeClock(datetime.now(UTC))
     queue_replies(engine, clock, 8)
     fault(server, type="status", status=503, count=1)
-    sender = Sender(session_factory(engine), mastodon(server, clock), clock=clock)
+    sender = Sender(
+        session_factory(engine), mastodon(server, clock), composer=COMPOSER, clock=clock
+    )
 
     first = sender.send_one()
     assert first is not None and first.result == "retry"
@@ -231,7 +234,10 @@ def test_several_senders_on_postgresql_never_send_a_message_twice(pg_url: str) -
     queue_replies(engine, clock, 400, platform="x")
     connector = RecordingConnector(clock)
     factory = session_factory(engine)
-    senders = [Sender(factory, connector, clock=clock, name=f"worker-{i}") for i in range(6)]
+    senders = [
+        Sender(factory, connector, composer=COMPOSER, clock=clock, name=f"worker-{i}")
+        for i in range(6)
+    ]
     errors: list[BaseException] = []
 
     def work(sender: Sender, barrier: threading.Barrier) -> None:
@@ -259,6 +265,10 @@ def test_several_senders_on_postgresql_never_send_a_message_twice(pg_url: str) -
     assert set(connector.sent.values()) == {1}
     assert {m["state"] for m in messages} == {"sent"}
     assert len({m["claimed_by"] for m in messages}) > 1, "the work was actually shared"
+    # Replies are written as they are claimed, by six senders at once: still, no fan ever gets
+    # the same text twice (X refuses a duplicate).
+    written = [(m["buyer"], m["text_hash"]) for m in messages]
+    assert len(set(written)) == len(written) == 400
 
 
 def test_the_worker_loop_sends_everything_then_naps_on_its_clock(engine: Engine) -> None:
@@ -273,7 +283,9 @@ def test_the_worker_loop_sends_everything_then_naps_on_its_clock(engine: Engine)
     clock = NapWatch(datetime.now(UTC))
     queue_replies(engine, clock, 12, platform="x")
     connector = RecordingConnector(clock)
-    Sender(session_factory(engine), connector, clock=clock).run(stop, idle_seconds=5.0)
+    Sender(session_factory(engine), connector, composer=COMPOSER, clock=clock).run(
+        stop, idle_seconds=5.0
+    )
     # One send hit a flaky network: it was retried after its backoff, during a nap.
     assert sum(connector.sent.values()) == 12
     assert {m["state"] for m in rows(engine)} == {"sent"}
@@ -297,7 +309,7 @@ def test_the_sender_paces_itself_by_the_last_rate_limit_headers(engine: Engine) 
             }
         )
     )
-    sender = Sender(session_factory(engine), connector, clock=clock)
+    sender = Sender(session_factory(engine), connector, composer=COMPOSER, clock=clock)
     sender.send_one()
     assert clock.sleeps == [pytest.approx(25.0)]
 
@@ -309,10 +321,10 @@ def test_a_message_whose_sender_died_mid_send_goes_out_once_its_lease_lapses(
     queue_replies(engine, clock, 2, platform="x")
     connector = RecordingConnector(clock)
     factory = session_factory(engine)
-    crashed = Sender(factory, connector, clock=clock, name="crashed")
+    crashed = Sender(factory, connector, composer=COMPOSER, clock=clock, name="crashed")
     taken = crashed._claim()  # claimed, then the process died before sending
     assert taken is not None
-    survivor = Sender(factory, connector, clock=clock, name="survivor")
+    survivor = Sender(factory, connector, composer=COMPOSER, clock=clock, name="survivor")
     assert len(survivor.drain()) == 1  # only the other message: the claimed one is leased
     clock.advance(6 * 60)  # past the five-minute lease
     (again,) = survivor.drain()

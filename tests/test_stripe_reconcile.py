@@ -25,13 +25,7 @@ def shop(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 def _reconcile(shop: Shop, hours: float = 48) -> list[str]:
     report = reconcile_payments(
-        shop.factory,
-        shop.stripe,
-        shop.brands,
-        now=shop.clock.now,
-        hours=hours,
-        public_url=shop.settings.public_url,
-        signer=shop.signer,
+        shop.factory, shop.stripe, shop.brands, now=shop.clock.now, hours=hours
     )
     return report.applied
 
