@@ -166,6 +166,16 @@ Index(
     postgresql_where=text("state = 'waitlisted'"),
     sqlite_where=text("state = 'waitlisted'"),
 )
+# Parts that joined a waitlist and left it (promoted, cancelled, deleted): what `orders.queue`
+# subtracts to count the units still waiting ahead of a part. Waiting rows stay out of it.
+Index(
+    "ix_order_reservations_left_queue",
+    reservations.c.campaign_id,
+    reservations.c.sku,
+    reservations.c.queue_ticket,
+    postgresql_where=text("queue_ticket IS NOT NULL AND state <> 'waitlisted'"),
+    sqlite_where=text("queue_ticket IS NOT NULL AND state <> 'waitlisted'"),
+)
 Index(
     "ix_order_reservations_hold_expiry",
     reservations.c.hold_expires_at,

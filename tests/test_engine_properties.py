@@ -1,6 +1,7 @@
 """A state machine of fans ordering, cancelling, topping up, deleting and editing while holds
-lapse: after every step, every invariant of docs/design.md holds (`orders.audit`), and stock
-is never left idle while someone waits for it."""
+lapse: after every step, every invariant of docs/design.md holds (`orders.audit`), stock is
+never left idle while someone waits for it, and every waitlist position is the place promotion
+gives."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import select
 from test_engine_support import OPENS, Shop, make_brand
 
 from orders.commands import Command
+from orders.queue import campaign_queue, positions
 from orders.tables import products
 
 FANS = st.sampled_from(["ann", "ben", "cai", "dee", "eve"])
@@ -88,6 +90,17 @@ def machine_for(shop: Shop, **rules: object) -> type[RuleBasedStateMachine]:
         @invariant()
         def every_invariant_holds(self) -> None:
             assert shop.audit() == []
+
+        @invariant()
+        def positions_match_the_queue_promotion_follows(self) -> None:
+            # The few-probe count (tickets minus units that left) against a window over the
+            # whole waitlist in promotion order: splits, cancels and promotions included.
+            with shop.sessions() as s:
+                queue = campaign_queue(shop.campaign_id)
+                window = {
+                    int(i): int(p) for i, p in s.execute(select(queue.c.id, queue.c.position))
+                }
+                assert positions(s, window) == window
 
         @invariant()
         def nobody_waits_for_free_stock(self) -> None:
