@@ -10,7 +10,11 @@ sent for a change that rolled back, and never lost for one that committed. Each 
   waitlisted 3, rejected/expired/cancelled 4, status/balance/help 5;
 - a visibility no more public than the post it answers (and at most `unlisted`, so a flash sale
   does not flood public timelines). Anything carrying one of the buyer's links (status page or
-  top-up: bearer tokens) goes only by direct message; public replies carry no token.
+  top-up: bearer tokens) goes only by direct message; public replies carry no token;
+- the outcome's facts (`encode_facts`), not yet a text. At flash-sale scale most replies wait
+  hours for the platform's posting budget, so a reply is written (`Composer`: template,
+  language, freshly signed links, never a text the buyer already got) only when a sender claims
+  it, and queueing a storm's replies costs one narrow row each.
 
 Sending (`Sender`) is one loop per platform account, and several may run at once: each claims the
 most urgent due message (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer makes the
