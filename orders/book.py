@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from config.database import is_postgres
@@ -23,6 +23,19 @@ from orders.bulk import insert_rows
 from orders.campaigns import CampaignRules, read_rules
 from orders.outcomes import Outcome
 from orders.tables import products, transitions
+
+# Where outcomes that answer no command of the batch go: after all the others.
+_LAST = 1 << 60
+
+# One SKU's counter changes, applied only if they cannot oversell (nor leave a negative count).
+# Fixed text, so SQLAlchemy compiles it once for every batch.
+_COUNTERS = text(
+    "UPDATE order_products SET allocated = allocated + :d_allocated, "
+    "released = released + :d_released, waitlisted = waitlisted + :d_waitlisted, "
+    "enqueued = enqueued + :d_enqueued "
+    "WHERE campaign_id = :campaign_id AND sku = :sku AND allocated + :d_allocated <= stock "
+    "AND allocated + :d_allocated >= 0 AND waitlisted + :d_waitlisted >= 0"
+)
 
 
 class OversellPreventedError(RuntimeError):
@@ -79,6 +92,25 @@ class Stock:
     def dequeue(self, units: int) -> None:
         self.d_waitlisted -= units
 
+    def place(self, units: int) -> tuple[int, int | None, int | None]:
+        """A new order of `units`: take what is open to new orders (`open_to_new`), put the rest
+        on the waitlist (`enqueue`). Returns (units taken, queue ticket, position), the last two
+        None when nothing joined the waitlist. The same as those calls, in one: it runs once per
+        order post of a storm."""
+        waiting = self.waitlisted + self.d_waitlisted
+        take = 0
+        if waiting == 0:
+            free = self.stock - self.allocated - self.d_allocated
+            take = units if units < free else free
+            self.d_allocated += take
+        rest = units - take
+        if rest <= 0:
+            return take, None, None
+        ticket = self.enqueued + self.d_enqueued + 1
+        self.d_waitlisted += rest
+        self.d_enqueued += rest
+        return take, ticket, waiting + 1
+
 
 @dataclass
 class Book:
@@ -87,8 +119,9 @@ class Book:
     rules: dict[str, CampaignRules] = field(default_factory=dict)
     stock: dict[tuple[str, str], Stock] = field(default_factory=dict)
     transitions: list[tuple[int, str, str, str]] = field(default_factory=list)
-    outcomes: list[tuple[tuple[int, int], Outcome]] = field(default_factory=list)
-    _seq: int = 0
+    # Outcomes as emitted, and for each the batch index of the command it answers.
+    outcomes: list[Outcome] = field(default_factory=list)
+    orders: list[int] = field(default_factory=list)
 
     @classmethod
     def open(cls, session: Session, campaign_ids: Iterable[str], now: datetime) -> Book:
@@ -127,8 +160,13 @@ class Book:
 
     def emit(self, outcome: Outcome, order: int | None = None) -> None:
         """Queue an outcome; `order` is the command's index in the batch (None: at the end)."""
-        self._seq += 1
-        self.outcomes.append(((order if order is not None else 1 << 60, self._seq), outcome))
+        self.outcomes.append(outcome)
+        self.orders.append(order if order is not None else _LAST)
+
+    def emit_all(self, outcomes: list[Outcome], orders: list[int]) -> None:
+        """`emit` each of `outcomes` with its index in `orders`, in that order."""
+        self.outcomes += outcomes
+        self.orders += orders
 
     def transition(self, reservation_id: int, before: str, after: str, cause: str) -> None:
         self.transitions.append((reservation_id, before, after, cause))
@@ -139,21 +177,15 @@ class Book:
             if not (s.d_allocated or s.d_released or s.d_waitlisted or s.d_enqueued):
                 continue
             result = self.session.execute(
-                update(products)
-                .where(
-                    products.c.campaign_id == campaign_id,
-                    products.c.sku == sku,
-                    products.c.allocated + s.d_allocated <= products.c.stock,
-                    products.c.allocated + s.d_allocated >= 0,
-                    products.c.waitlisted + s.d_waitlisted >= 0,
-                )
-                .values(
-                    allocated=products.c.allocated + s.d_allocated,
-                    released=products.c.released + s.d_released,
-                    waitlisted=products.c.waitlisted + s.d_waitlisted,
-                    enqueued=products.c.enqueued + s.d_enqueued,
-                )
-                .execution_options(synchronize_session=False)
+                _COUNTERS,
+                {
+                    "campaign_id": campaign_id,
+                    "sku": sku,
+                    "d_allocated": s.d_allocated,
+                    "d_released": s.d_released,
+                    "d_waitlisted": s.d_waitlisted,
+                    "d_enqueued": s.d_enqueued,
+                },
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise OversellPreventedError(f"{campaign_id}/{sku}: stock counters moved under us")
@@ -170,6 +202,9 @@ class Book:
             constants={"at": self.now},
         )
         self.transitions = []
-        out = [o for _, o in sorted(self.outcomes, key=lambda item: item[0])]
+        # Batch order; a stable sort keeps each command's outcomes in the order emitted.
+        outcomes = self.outcomes
+        ranked = sorted(range(len(outcomes)), key=self.orders.__getitem__)
         self.outcomes = []
-        return out
+        self.orders = []
+        return [outcomes[n] for n in ranked]

@@ -20,7 +20,7 @@ and returns the outcomes in batch order. It flushes and never commits.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_rows, matching, time_encoder, update_rows
+from orders.bulk import insert_new, matching, time_encoder, update_rows
 from orders.commands import Command
 from orders.lifecycle import (
     cancel,
@@ -43,7 +43,7 @@ from orders.lifecycle import (
 )
 from orders.outcomes import Outcome
 from orders.payments import balances
-from orders.placing import OrderRequest, outcome_for, place_orders
+from orders.placing import outcome_for, place_orders
 from orders.queue import positions
 from orders.tables import LIVE_STATES, posts, reservations
 
@@ -139,20 +139,6 @@ def _campaigns_of(session: Session, keys: Sequence[Key]) -> set[str]:
     return found
 
 
-def _post_row(cmd: Command, encode: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
-    d = cmd.decision
-    return (
-        cmd.platform,
-        cmd.post_id,
-        cmd.campaign_id,
-        cmd.buyer,
-        encode(cmd.posted_at),
-        d.decision,
-        d.reason,
-        d.quantity,
-    )
-
-
 def existing_posts(session: Session, keys: Sequence[Key], *columns: Any) -> dict[Key, Row[Any]]:
     """Rows of `order_posts` for these keys (one query per platform, on the primary key)."""
     by_platform: dict[str, list[str]] = defaultdict(list)
@@ -176,39 +162,50 @@ def existing_posts(session: Session, keys: Sequence[Key], *columns: Any) -> dict
 
 def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[Indexed]:
     """Insert post rows; returns the items that are new, emitting `duplicate` for the rest.
+    Items must be distinct posts.
 
-    Existing keys are looked up first (one index probe per post) and only new posts inserted.
-    The stock lock taken by `Book.open` serialises every batch of the campaign, so no other
-    worker inserts the same post in between; if one somehow did, the primary key rejects the
-    row and the whole batch rolls back, to be retried.
+    A post already recorded is skipped by the insert itself (`orders.bulk.insert_new`: on
+    PostgreSQL one `INSERT ... ON CONFLICT DO NOTHING` that returns the keys it inserted). The
+    stock lock taken by `Book.open` serialises every batch of the campaign; a worker that
+    inserted the same post meanwhile makes it a duplicate here.
     """
     if not items:
         return []
     session = book.session
-    known = existing_posts(session, [(c.platform, c.post_id) for _, c in items])
-    fresh = [(i, c) for i, c in items if (c.platform, c.post_id) not in known]
-    for i, cmd in items:
-        if (cmd.platform, cmd.post_id) in known:
-            book.emit(outcome_for(cmd, "duplicate"), i)
     encode = time_encoder(session)
-    if deleted:
-        insert_rows(
-            session,
-            posts,
-            (*POST_COLUMNS, "deleted_at"),
-            [(*_post_row(c, encode), encode(c.posted_at)) for _, c in fresh],
-            constants={"attempts": 1, "seen_at": book.now},
-            encoded=True,
+    columns: tuple[str, ...] = POST_COLUMNS
+    rows: list[tuple[Any, ...]] = [
+        (
+            c.platform,
+            c.post_id,
+            c.campaign_id,
+            c.buyer,
+            encode(c.posted_at),
+            c.decision.decision,
+            c.decision.reason,
+            c.decision.quantity,
         )
-        return fresh
-    insert_rows(
+        for _, c in items
+    ]
+    if deleted:
+        columns = (*POST_COLUMNS, "deleted_at")
+        rows = [(*row, row[4]) for row in rows]
+    inserted = insert_new(
         session,
         posts,
-        POST_COLUMNS,
-        [_post_row(c, encode) for _, c in fresh],
+        columns,
+        rows,
+        key=("platform", "post_id"),
         constants={"attempts": 1, "seen_at": book.now},
-        encoded=True,
     )
+    if len(inserted) == len(items):
+        return items
+    fresh: list[Indexed] = []
+    for i, cmd in items:
+        if (cmd.platform, cmd.post_id) in inserted:
+            fresh.append((i, cmd))
+        else:
+            book.emit(outcome_for(cmd, "duplicate"), i)
     return fresh
 
 
@@ -216,22 +213,23 @@ def _decide(
     book: Book, items: list[Indexed], *, cause: str, parts: dict[Key, int] | None = None
 ) -> list[Indexed]:
     """Place the orders among `items`, answer ignores and rejects; return the other commands."""
-    orders: list[OrderRequest] = []
+    orders: list[Indexed] = []
     rest: list[Indexed] = []
-    for i, cmd in items:
+    rules = book.rules
+    for item in items:
+        cmd = item[1]
         kind = cmd.decision.decision
-        if cmd.campaign_id not in book.rules:
-            book.emit(outcome_for(cmd, "ignored", reason="unknown_campaign"), i)
-        elif kind == "order":
-            part = (parts or {}).get((cmd.platform, cmd.post_id), 0)
-            orders.append(OrderRequest(i, cmd, part, cause))
+        if kind == "order" and cmd.campaign_id in rules:
+            orders.append(item)
+        elif cmd.campaign_id not in rules:
+            book.emit(outcome_for(cmd, "ignored", reason="unknown_campaign"), item[0])
         elif kind == "ignore":
-            book.emit(outcome_for(cmd, "ignored", reason=cmd.decision.reason), i)
+            book.emit(outcome_for(cmd, "ignored", reason=cmd.decision.reason), item[0])
         elif kind == "reject":
-            book.emit(outcome_for(cmd, "rejected", reason=cmd.decision.reason), i)
+            book.emit(outcome_for(cmd, "rejected", reason=cmd.decision.reason), item[0])
         else:
-            rest.append((i, cmd))
-    place_orders(book, orders)
+            rest.append(item)
+    place_orders(book, orders, cause=cause, parts=parts)
     return rest
 
 
@@ -353,8 +351,17 @@ def _apply_deletes(book: Book, items: list[Indexed]) -> None:
     session = book.session
     keys = [(c.platform, c.post_id) for _, c in items]
     known = existing_posts(session, keys, posts.c.deleted_at)
-    unseen = [(i, c) for i, c in items if (c.platform, c.post_id) not in known]
-    for i, cmd in _record(book, unseen, deleted=True):
+    unseen: dict[Key, Indexed] = {}
+    for i, cmd in items:
+        key = (cmd.platform, cmd.post_id)
+        if key in known:
+            continue
+        if key in unseen:
+            # The same unseen post deleted twice in one batch: remembered once.
+            book.emit(outcome_for(cmd, "duplicate"), i)
+        else:
+            unseen[key] = (i, cmd)
+    for i, cmd in _record(book, list(unseen.values()), deleted=True):
         book.emit(outcome_for(cmd, "ignored", reason="deleted"), i)
     targets: dict[Key, Indexed] = {}
     for i, cmd in items:

@@ -9,15 +9,17 @@ SKU. A sold-out SKU costs nothing more than appending to the waitlist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import func, select
+import orjson
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from config.database import is_postgres
 from orders.book import Book
-from orders.bulk import insert_rows, matching, next_ids, time_encoder
+from orders.bulk import insert_rows, next_ids, time_encoder
 from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge
@@ -56,125 +58,137 @@ _KIND: dict[str, OutcomeKind] = {
 }
 
 
-class OrderRequest(NamedTuple):
-    """An order post to place: its index in the batch, the command, the first free part
-    number of the post (0 unless an edit re-submits it) and why it is placed. (A named
-    tuple: one is made per order post of a storm, four times cheaper than a frozen
-    dataclass.)"""
+Indexed = tuple[int, Command]
 
-    order: int
-    command: Command
-    part: int = 0
-    cause: str = "order"
+_new = object.__new__
 
+# The live states as SQL, for the statements written out below.
+_LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)
 
-@dataclass(slots=True)
-class _Part:
-    request: OrderRequest
-    part: int
-    sku: str
-    quantity: int
-    state: str
-    reason: str | None = None
-    ticket: int | None = None
-    position: int | None = None
-    id: int = 0
+# Units per (campaign, buyer) in live reservations. On PostgreSQL the buyers (one JSON array)
+# drive one probe each of the (campaign_id, buyer) index through a LATERAL subquery kept apart
+# by `OFFSET 0` (see `orders.bulk.matching`), a plan that stays right on a table that grew from
+# empty and was never analysed. The text is fixed, so SQLAlchemy compiles it once.
+_UNITS_POSTGRES = text(
+    "SELECT r.campaign_id, r.buyer, sum(r.quantity) "
+    "FROM jsonb_array_elements_text(CAST(:buyers AS JSONB)) AS k(value) "
+    "JOIN LATERAL (SELECT campaign_id, buyer, quantity FROM order_reservations "
+    "WHERE campaign_id = ANY(CAST(:campaigns AS VARCHAR[])) "
+    f"AND state IN ({_LIVE}) AND buyer = k.value OFFSET 0) AS r ON true "
+    "GROUP BY r.campaign_id, r.buyer"
+)
+_UNITS_SQLITE = text(
+    "SELECT campaign_id, buyer, sum(quantity) FROM order_reservations "
+    "WHERE campaign_id IN (SELECT value FROM json_each(:campaigns)) "
+    f"AND state IN ({_LIVE}) AND buyer IN (SELECT value FROM json_each(:buyers)) "
+    "GROUP BY campaign_id, buyer"
+)
 
 
 def units_reserved(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """Units each (campaign, buyer) holds in live reservations, in one query."""
+    """Units each (campaign, buyer) holds in live reservations, in one query. (The result may
+    also hold other pairs of the same campaigns and buyers: callers look pairs up.)"""
     if not pairs:
         return {}
     campaign_ids = sorted({c for c, _ in pairs})
     buyers = sorted({b for _, b in pairs})
-    live = matching(
-        session,
-        select(reservations.c.campaign_id, reservations.c.buyer, reservations.c.quantity).where(
-            reservations.c.campaign_id.in_(campaign_ids), reservations.c.state.in_(LIVE_STATES)
-        ),
-        reservations.c.buyer,
-        buyers,
-    ).subquery()
-    rows = session.execute(
-        select(live.c.campaign_id, live.c.buyer, func.sum(live.c.quantity)).group_by(
-            live.c.campaign_id, live.c.buyer
+    keys = orjson.dumps(buyers).decode()
+    if is_postgres(session):
+        rows = session.execute(_UNITS_POSTGRES, {"buyers": keys, "campaigns": campaign_ids})
+    else:
+        rows = session.execute(
+            _UNITS_SQLITE, {"buyers": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
         )
-    )
     return {(c, b): int(n) for c, b, n in rows}
 
 
-def place_orders(book: Book, requests: list[OrderRequest]) -> None:
-    """Reserve, pay or waitlist every order in `requests`, in post-time order."""
-    if not requests:
+def place_orders(
+    book: Book,
+    orders: Sequence[Indexed],
+    *,
+    cause: str = "order",
+    parts: Mapping[tuple[str, str], int] | None = None,
+    held: dict[tuple[str, str], int] | None = None,
+) -> None:
+    """Reserve, pay or waitlist every order in `orders` (batch index, command), in post-time
+    order, and emit their outcomes.
+
+    `parts` gives the first free part number of posts that already have parts (an edit that
+    re-submits a post); others start at 0. `held` is the units each (campaign, buyer) already
+    holds (`units_reserved`) when the caller read them already; it is updated in place.
+
+    This runs once per order post of a storm, so it keeps to three passes over plain tuples:
+    decide (stock, limit, window), then pay what was allocated, then build each reservation
+    row and its outcome.
+    """
+    if not orders:
         return
+    session = book.session
     now = book.now
     rules_of = book.rules
     stock_of = book.stock
-    parts: list[_Part] = []
-    # One pass in post-time order. The buyers' units are read first for every order of a
-    # known campaign (a superset of those that pass the window checks: harmless probes).
-    ordered = sorted(requests, key=_post_order)
-    held = units_reserved(
-        book.session,
-        {
-            (r.command.campaign_id, r.command.buyer)
-            for r in ordered
-            if r.command.campaign_id in rules_of
-        },
-    )
-    for req in ordered:
-        cmd = req.command
-        rules = rules_of.get(cmd.campaign_id)
+    emit = book.emit
+    # First come, first served by (post time, post id); the batch index keeps ties in batch
+    # order (a stable sort), and no key function runs per post.
+    ordered = sorted([(c.posted_at, c.post_id, i, c) for i, c in orders])
+    if held is None:
+        wanted = {(c.campaign_id, c.buyer) for _, _, _, c in ordered if c.campaign_id in rules_of}
+        held = units_reserved(session, wanted)
+    # (batch index, command, part, sku, units, state, reason, queue ticket, position, price)
+    plans: list[tuple[Any, ...]] = []
+    allocated: list[int] = []
+    for posted_at, post_id, i, cmd in ordered:
+        campaign_id = cmd.campaign_id
+        rules = rules_of.get(campaign_id)
         if rules is None:
-            book.emit(_outcome(cmd, "ignored", reason="unknown_campaign"), req.order)
+            emit(_outcome(cmd, "ignored", reason="unknown_campaign"), i)
             continue
         decision = cmd.decision
         sku = decision.sku
-        if sku is None and len(rules.prices) == 1:
-            sku = next(iter(rules.prices))
-        if sku is None or sku not in rules.prices:
-            book.emit(_outcome(cmd, "rejected", reason="unknown_sku", sku=sku), req.order)
+        prices = rules.prices
+        if sku is None and len(prices) == 1:
+            sku = next(iter(prices))
+        if sku is None or sku not in prices:
+            emit(_outcome(cmd, "rejected", reason="unknown_sku", sku=sku), i)
             continue
         quantity = decision.quantity or 1
         if quantity <= 0:
-            book.emit(_outcome(cmd, "rejected", reason="bad_quantity", sku=sku), req.order)
+            emit(_outcome(cmd, "rejected", reason="bad_quantity", sku=sku), i)
             continue
-        outside = rules.window_reason(cmd.posted_at)
+        part = parts.get((cmd.platform, post_id), 0) if parts else 0
+        price = prices[sku]
+        outside = rules.window_reason(posted_at)
         if outside is not None:
-            parts.append(_Part(req, req.part, sku, quantity, "rejected", outside))
+            plans.append((i, cmd, part, sku, quantity, "rejected", outside, None, None, price))
             continue
-        key = (cmd.campaign_id, cmd.buyer)
-        have = held.get(key, 0)
-        if have + quantity > rules.per_buyer_limit:
-            parts.append(_Part(req, req.part, sku, quantity, "rejected", "over_limit"))
+        key = (campaign_id, cmd.buyer)
+        have = held.get(key, 0) + quantity
+        if have > rules.per_buyer_limit:
+            plans.append((i, cmd, part, sku, quantity, "rejected", "over_limit", None, None, price))
             continue
-        held[key] = have + quantity
-        stock = stock_of[(cmd.campaign_id, sku)]
-        take = min(quantity, stock.open_to_new)
-        part = req.part
+        held[key] = have
+        take, ticket, position = stock_of[(campaign_id, sku)].place(quantity)
         if take:
-            stock.allocate(take)
-            parts.append(_Part(req, part, sku, take, "awaiting_payment"))
+            allocated.append(len(plans))
+            plans.append((i, cmd, part, sku, take, "awaiting_payment", None, None, None, price))
             part += 1
         if quantity > take:
-            ticket, position = stock.enqueue(quantity - take)
-            parts.append(
-                _Part(req, part, sku, quantity - take, "waitlisted", None, ticket, position)
+            plans.append(
+                (i, cmd, part, sku, quantity - take, "waitlisted", None, ticket, position, price)
             )
 
-    for p, id_ in zip(parts, next_ids(book.session, reservations, len(parts)), strict=True):
-        p.id = id_
+    ids = next_ids(session, reservations, len(plans))
 
-    allocated = [p for p in parts if p.state == "awaiting_payment"]
     charges = []
-    for p in allocated:
-        rules = book.rules[p.request.command.campaign_id]
+    for n in allocated:
+        i, cmd, _, sku, units, _, _, _, _, price = plans[n]
+        rules = rules_of[cmd.campaign_id]
         charges.append(
             Charge(
-                reservation_id=p.id,
-                buyer=p.request.command.buyer,
+                reservation_id=ids[n],
+                buyer=cmd.buyer,
                 campaign_id=rules.id,
-                amount=rules.prices[p.sku] * p.quantity,
+                amount=price * units,
                 currency=rules.currency,
                 settle=not rules.confirmation_step,
                 expires_at=hold_expiry(rules.cancel_until or rules.closes_at, now)
@@ -182,27 +196,24 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
                 else None,
             )
         )
-    paid = charge(book.session, charges, at=now) if charges else set()
-    unpaid = [c for c in charges if c.reservation_id not in paid]
-    credit = balances(book.session, {(c.currency, c.buyer) for c in unpaid})
+    paid = charge(session, charges, at=now) if charges else set()
+    unpaid = {(c.currency, c.buyer) for c in charges if c.reservation_id not in paid}
+    credit = balances(session, unpaid) if unpaid else {}
 
     rows: list[tuple[Any, ...]] = []
-    emit = book.emit
-    encode = time_encoder(book.session)
+    orders_out: list[int] = []
+    outcomes: list[Outcome] = []
+    encode = time_encoder(session)
     now_text = encode(now)
-    for p in parts:
-        cmd = p.request.command
-        rules = book.rules[cmd.campaign_id]
-        amount = rules.prices[p.sku] * p.quantity
-        state = p.state
-        payment = None
-        expires = None
-        allocated_at = None
-        balance = None
-        due = None
+    for (i, cmd, part, sku, units, state, reason, ticket, position, price), id_ in zip(
+        plans, ids, strict=True
+    ):
+        amount = price * units
+        payment = expires = allocated_at = balance = due = None
         if state == "awaiting_payment":
+            rules = rules_of[cmd.campaign_id]
             allocated_at = now_text
-            if p.id in paid:
+            if id_ in paid:
                 state = "confirmed"
                 payment = "held" if rules.confirmation_step else "posted"
             else:
@@ -212,64 +223,61 @@ def place_orders(book: Book, requests: list[OrderRequest]) -> None:
         lang = cmd.decision.lang
         rows.append(
             (
-                p.id,
+                id_,
                 cmd.campaign_id,
                 cmd.platform,
                 cmd.post_id,
-                p.part,
+                part,
                 cmd.buyer,
                 cmd.handle,
                 lang,
                 cmd.visibility,
-                p.sku,
-                p.quantity,
+                sku,
+                units,
                 state,
-                p.reason,
+                reason,
                 encode(cmd.posted_at),
                 allocated_at,
-                encode(expires),
-                p.ticket,
+                None if expires is None else encode(expires),
+                ticket,
                 amount,
                 payment,
             )
         )
-        # Positional, in field order: this runs once per post of a storm.
-        emit(
-            Outcome.of(
-                _KIND[state],
-                cmd.platform,
-                cmd.post_id,
-                cmd.buyer,
-                cmd.handle,
-                cmd.campaign_id,
-                p.id,
-                p.sku,
-                p.quantity,
-                state,
-                p.reason,
-                p.position,
-                expires,
-                due,
-                balance,
-                None,
-                lang,
-                cmd.visibility,
-            ),
-            p.request.order,
+        # Every field by name straight into the instance dict: what `Outcome.of` does, without
+        # packing and zipping 18 values (this runs once per post of a storm).
+        outcome = _new(Outcome)
+        outcome.__dict__.update(
+            kind=_KIND[state],
+            platform=cmd.platform,
+            post_id=cmd.post_id,
+            buyer=cmd.buyer,
+            handle=cmd.handle,
+            campaign_id=cmd.campaign_id,
+            reservation_id=id_,
+            sku=sku,
+            quantity=units,
+            state=state,
+            reason=reason,
+            queue_position=position,
+            hold_expires_at=expires,
+            amount_due=due,
+            balance=balance,
+            amount=None,
+            lang=lang,
+            visibility=cmd.visibility,
         )
-    for cause in sorted({r.cause for r in requests}):
-        insert_rows(
-            book.session,
-            reservations,
-            RESERVATION_COLUMNS,
-            [row for row, p in zip(rows, parts, strict=True) if p.request.cause == cause],
-            constants={"cause": cause, "created_at": now, "updated_at": now},
-            encoded=True,
-        )
-
-
-def _post_order(request: OrderRequest) -> tuple[datetime, str]:
-    return request.command.posted_at, request.command.post_id
+        outcomes.append(outcome)
+        orders_out.append(i)
+    book.emit_all(outcomes, orders_out)
+    insert_rows(
+        session,
+        reservations,
+        RESERVATION_COLUMNS,
+        rows,
+        constants={"cause": cause, "created_at": now, "updated_at": now},
+        encoded=True,
+    )
 
 
 def hold_expiry(until: datetime, now: datetime) -> datetime:

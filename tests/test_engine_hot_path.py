@@ -1,0 +1,108 @@
+"""The engine's per-post shortcuts say exactly what the plain steps say, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from test_engine_support import OPENS, Shop, kinds
+
+from orders.book import Stock
+from orders.bulk import insert_new, time_encoder
+from orders.outcomes import Outcome
+from orders.tables import posts
+
+
+@pytest.fixture
+def shop(db_url: str) -> Iterator[Shop]:
+    s = Shop(db_url)
+    yield s
+    assert s.audit() == []
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("counters", "units"),
+    [
+        ((10, 0, 0, 0, 0), 3),  # all free
+        ((10, 8, 0, 0, 0), 3),  # partly free: the rest waits
+        ((10, 10, 0, 0, 0), 2),  # sold out, nobody waiting yet
+        ((10, 10, 2, 4, 9), 1),  # sold out, a queue
+        ((10, 6, 0, 3, 3), 2),  # free units, but someone waits: nobody jumps the queue
+        ((10, 7, 0, 0, 0), 3),  # exactly what is free
+    ],
+)
+def test_placing_an_order_on_a_stock_is_taking_what_is_open_then_queueing(
+    counters: tuple[int, int, int, int, int], units: int
+) -> None:
+    fast, slow = Stock(*counters), Stock(*counters)
+    take = min(units, slow.open_to_new)
+    if take:
+        slow.allocate(take)
+    queued = slow.enqueue(units - take) if units > take else (None, None)
+    assert fast.place(units) == (take, *queued)
+    assert fast == slow
+
+
+def test_every_outcome_field_of_a_placed_order_is_as_the_constructor_makes_it(
+    shop: Shop,
+) -> None:
+    shop.topup("alice", 100_00)
+    outs = shop.apply(
+        shop.post("alice"), shop.post("bob", quantity=2), shop.post("carol", sku="PHONE-WHITE")
+    )
+    assert kinds(outs) == ["confirmed", "payment_needed", "payment_needed"]
+    for out in outs:
+        rebuilt = Outcome(**{f.name: getattr(out, f.name) for f in fields(Outcome)})
+        assert out == rebuilt
+        assert vars(out) == vars(rebuilt)
+
+
+def test_an_unseen_post_deleted_twice_in_one_batch_is_remembered_once(shop: Shop) -> None:
+    order = shop.post("alice")
+    first, second = shop.apply(shop.delete(order), shop.delete(order))
+    assert (first.kind, first.reason) == ("ignored", "deleted")
+    assert second.kind == "duplicate"
+    assert kinds(shop.apply(order)) == ["duplicate"]
+    assert shop.reservations() == []
+
+
+def test_a_post_seen_in_an_earlier_batch_is_a_duplicate_among_new_ones(shop: Shop) -> None:
+    old = shop.post("alice")
+    shop.apply(old)
+    outs = shop.apply(shop.post("bob"), old, shop.post("carol"))
+    assert kinds(outs) == ["payment_needed", "duplicate", "payment_needed"]
+    assert [r["buyer"] for r in shop.reservations()] == [
+        "mastodon:alice",
+        "mastodon:bob",
+        "mastodon:carol",
+    ]
+
+
+def test_insert_new_inserts_only_unseen_keys_and_says_which(shop: Shop) -> None:
+    columns = ("platform", "post_id", "campaign_id", "buyer", "posted_at", "decision")
+    with shop.sessions.begin() as session:
+        encode = time_encoder(session)
+        at = encode(OPENS)
+
+        def row(post_id: str) -> tuple[object, ...]:
+            return ("mastodon", post_id, shop.campaign_id, "mastodon:x", at, "ignore")
+
+        constants = {"attempts": 1, "seen_at": OPENS + timedelta(seconds=1)}
+        key = ("platform", "post_id")
+        assert insert_new(session, posts, columns, [], key=key, constants=constants) == set()
+        first = insert_new(
+            session, posts, columns, [row("1"), row("2")], key=key, constants=constants
+        )
+        assert first == {("mastodon", "1"), ("mastodon", "2")}
+        again = insert_new(
+            session, posts, columns, [row("2"), row("3"), row("1")], key=key, constants=constants
+        )
+        assert again == {("mastodon", "3")}
+        stored = session.execute(select(posts.c.post_id, posts.c.attempts)).all()
+        assert sorted(stored) == [("1", 1), ("2", 1), ("3", 1)]
+        with pytest.raises(ValueError, match="first columns"):
+            insert_new(session, posts, columns[1:], [row("4")[1:]], key=key, constants=constants)
