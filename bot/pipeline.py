@@ -14,7 +14,9 @@ after the first signal of the batch, whichever comes first, and then, in ONE tra
 5. commits.
 
 So a crash at any point either keeps the whole batch or none of it, and a restart resumes from
-the saved cursors: the connectors backfill what the lost batch held. Nothing here sleeps or
+the saved cursors: the connectors backfill what the lost batch held. Step 1 is pure (`decide`),
+so it may run elsewhere: `Pipeline.commit` does steps 2-5 for commands already decided (the
+replay parses in a process of its own and commits here). Nothing here sleeps or
 starts a thread by itself; `run()` is the loop a worker thread calls, and tests drive `submit`
 and `flush` directly on an injected clock.
 """
@@ -25,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
@@ -192,6 +194,21 @@ def to_command(envelope: Envelope, directory: CampaignDirectory, *, now: datetim
     )
 
 
+def decide(
+    batch: Sequence[Envelope], directory: CampaignDirectory, *, now: datetime
+) -> tuple[list[Command], dict[str, str]]:
+    """The parse step of a batch: one command per signal, and each source's cursor after it.
+
+    Pure (no database), so it can run in another process than the commit.
+    """
+    commands = [to_command(env, directory, now=now) for env in batch]
+    positions: dict[str, str] = {}
+    for env in batch:
+        if env.cursor is not None:
+            positions[env.source.cursor_key] = env.cursor
+    return commands, positions
+
+
 _STOP = object()
 
 
@@ -339,6 +356,9 @@ class Pipeline:
         return [report]
 
     def _commit_with_retry(self, batch: Sequence[Envelope]) -> BatchReport:
+        return self._retrying(lambda: self.process(batch), len(batch))
+
+    def _retrying(self, attempt_batch: Callable[[], BatchReport], size: int) -> BatchReport:
         # A lock timeout, a serialization failure, or a unique key another worker claimed first
         # (two workers inserting the same post on PostgreSQL) leaves nothing behind: the
         # transaction rolled back, so the same batch is simply tried again, and the retry sees
@@ -347,11 +367,11 @@ class Pipeline:
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
-                return self.process(batch)
+                return attempt_batch()
             except (OperationalError, IntegrityError):
                 if attempt == self._retries:
                     raise
-                log.warning("batch of %d failed transiently; retrying", len(batch), exc_info=True)
+                log.warning("batch of %d failed transiently; retrying", size, exc_info=True)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -360,11 +380,35 @@ class Pipeline:
         """Decide and commit one batch in ONE transaction."""
         started = time.perf_counter()
         now = self._clock.now()
-        commands = [to_command(env, self.directory, now=now) for env in batch]
-        positions: dict[str, str] = {}
-        for env in batch:
-            if env.cursor is not None:
-                positions[env.source.cursor_key] = env.cursor
+        commands, positions = decide(batch, self.directory, now=now)
+        return self._commit_once(commands, positions, now=now, started=started)
+
+    def commit(
+        self,
+        commands: Sequence[Command],
+        positions: Mapping[str, str] | None = None,
+        *,
+        now: datetime,
+    ) -> BatchReport:
+        """Commit commands decided elsewhere (see `decide`) in ONE transaction, judged at `now`.
+
+        Steps 2-5 of a batch, retried like a batch from `run()` when the database fails
+        transiently. `positions` are the cursors to save (source key -> position).
+        """
+        saved = dict(positions or {})
+        return self._retrying(
+            lambda: self._commit_once(commands, saved, now=now, started=time.perf_counter()),
+            len(commands),
+        )
+
+    def _commit_once(
+        self,
+        commands: Sequence[Command],
+        positions: dict[str, str],
+        *,
+        now: datetime,
+        started: float,
+    ) -> BatchReport:
         with self._sessions() as session, session.begin():
             outcomes = engine.apply(session, commands, now=now)
             for brand, brand_outcomes in self._by_brand(outcomes):
@@ -372,7 +416,7 @@ class Pipeline:
             for key, position in positions.items():
                 cursors.save(session, key, position, at=now)
         return BatchReport(
-            signals=len(batch),
+            signals=len(commands),
             outcomes=tuple(outcomes),
             cursors=positions,
             committed_at=now,
