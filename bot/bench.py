@@ -8,6 +8,11 @@ then runs the audit. With a baseline, the naive one-transaction-per-post impleme
 (`bot.bench_baseline`) runs a fixed prefix of the same storm against the same database, and the
 ratio compares posts per second with posts per second.
 
+By default the replay reads and parses in a process of its own while this one commits
+(`bot.parser_process`); `parser_process=False` runs both stages here, for comparison. CPU time
+is reported per process: the writer's (`cpu_s`), the parser's (`parser_cpu_s`), and posts per
+CPU second over both.
+
 Without a database URL every run gets a fresh SQLite file in a temporary directory. With one
 (PostgreSQL), flashtag's tables are dropped and created before each run and dropped after.
 """
@@ -129,16 +134,28 @@ def run_baseline(
 
 
 def _run_once(
-    url: str, path: Path, brand: Brand, batch: int, profile: int = 0
+    url: str,
+    path: Path,
+    brand: Brand,
+    batch: int,
+    profile: int = 0,
+    *,
+    parser_process: bool = True,
 ) -> tuple[ReplayResult, list[str], list[dict[str, Any]]]:
     reset_tables(url)
+    options: dict[str, Any] = {
+        "url": url,
+        "batch_size": batch,
+        "platform": PLATFORM,
+        "parser_process": parser_process,
+    }
     if not profile:
         cpu = time.process_time()
-        result = replay(path, brand, url=url, batch_size=batch, platform=PLATFORM)
+        result = replay(path, brand, **options)
         result.cpu = time.process_time() - cpu
         return result, run_audit(url), []
     profiler = cProfile.Profile()
-    result = profiler.runcall(replay, path, brand, url=url, batch_size=batch, platform=PLATFORM)
+    result = profiler.runcall(replay, path, brand, **options)
     return (
         result,
         run_audit(url),
@@ -198,6 +215,7 @@ def run_storm(
     baseline_posts: int = DEFAULT_BASELINE_POSTS,
     keep: bool = False,
     profile: int = 0,
+    parser_process: bool = True,
 ) -> dict[str, Any]:
     """Generate the storm, replay it `runs` times on fresh tables, and report as one object."""
     bench_brand = scaled_brand(brand, stock)
@@ -211,7 +229,12 @@ def run_storm(
         top: list[dict[str, Any]] = []
         for run in range(runs):
             result, problems, found = _run_once(
-                url, path, bench_brand, batch, profile if run == 0 else 0
+                url,
+                path,
+                bench_brand,
+                batch,
+                profile if run == 0 else 0,
+                parser_process=parser_process,
             )
             figures.append(_figures(result, problems))
             top = top or found
@@ -226,6 +249,7 @@ def run_storm(
         "stock": stock,
         "seed": seed,
         "batch": batch,
+        "parser_process": parser_process,
         "generate_s": round(generate_s, 2),
         # The run with the median time speaks for all (its latencies, counts and audit).
         **sorted(figures, key=lambda f: float(f["elapsed"]))[len(figures) // 2],
@@ -240,9 +264,14 @@ def run_storm(
             )
         report["audit"] = next((f["audit"] for f in figures if f["audit"] != "ok"), "ok")
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if parser_process:
+        report["parser_peak_rss_mb"] = max(f["parser_peak_rss_mb"] for f in figures)
     if top:
+        note = "first run under cProfile (slower); compare shares, not seconds"
+        if parser_process:
+            note += "; this process only: reading and parsing ran in the parser process"
         report["profile"] = {
-            "note": "first run under cProfile (slower); compare shares, not seconds",
+            "note": note,
             "stages_s": top[0]["stages"],
             "top_own_time": top[1:],
         }
@@ -262,13 +291,23 @@ def run_storm(
 
 def _figures(result: ReplayResult, problems: list[str]) -> dict[str, Any]:
     latencies = result.fed.latencies
-    return {
+    cpu = result.cpu + result.parser_cpu
+    figures: dict[str, Any] = {
         "elapsed": round(result.elapsed, 3),
         "posts_per_s": round(result.posts_per_s, 1),
-        # CPU seconds of this process (parser, engine and outbox in Python, SQLite itself; not
-        # the PostgreSQL server's): on a shared machine the wall clock also counts the others.
+        # CPU seconds of this process (the writer: engine and outbox in Python, SQLite itself;
+        # not the PostgreSQL server's; with the parser in this process, reading and parsing
+        # too), and of the parser process when there is one. Posts per CPU second count both:
+        # on a shared machine the wall clock also counts the others.
         "cpu_s": round(result.cpu, 3),
-        "posts_per_cpu_s": round(result.fed.posts / result.cpu, 1) if result.cpu else None,
+    }
+    if result.parser_process:
+        figures["parser_cpu_s"] = round(result.parser_cpu, 3)
+        figures["parser_peak_rss_mb"] = round(result.parser_peak_rss_mb, 1)
+        # Seconds the writer sat waiting for the parser's next batch (parser-bound when large).
+        figures["writer_wait_s"] = round(result.parser_wait, 3)
+    return figures | {
+        "posts_per_cpu_s": round(result.fed.posts / cpu, 1) if result.cpu else None,
         "batches": result.fed.batches,
         "batch_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
         "batch_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),

@@ -1,12 +1,19 @@
 """Feed a stream of posts through the worker's pipeline in batches, on the posts' own clock.
 
 `flashtag replay` and the storm benchmark use this: the posts go through the very code a
-streaming worker runs (`bot.pipeline.Pipeline.process`: parser, `orders.engine.apply`,
-`bot.outbox.queue`, one commit per batch), in batches of the size a connector delivers. The only
+streaming worker runs (the two halves of `bot.pipeline.Pipeline.process`: the parser in
+`bot.pipeline.decide`, then `Pipeline.commit`: `orders.engine.apply`, `bot.outbox.queue`, one
+commit per batch), in batches of the size a connector delivers. The only
 difference is the clock: a replayed batch is judged at the time of its latest post, so campaign
 windows and hold expiries follow the recorded times, not the wall clock.
 
 Posts are consumed lazily; nothing here holds more than one batch.
+
+A replay has two stages: deciding (read, decode and parse a batch: `ParseJob.batches`) and
+committing (`commit_batches`: the engine, the outbox and the commit, on the writer's database
+connection). By default the first runs in a process of its own (`bot.parser_process`), so the
+two use both cores of a small machine instead of taking turns on one interpreter lock; both
+stages are the same code either way, and so are the results.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bot.pipeline import BatchReport, Envelope, Pipeline, Source
+from bot.pipeline import BatchReport, CampaignDirectory, Envelope, Pipeline, Source, decide
 from bot.schema import prepare
 from config.brand import Brand
 from config.database import create_engine, session_factory
@@ -35,6 +42,7 @@ from config.settings import get_settings
 from connectors.post import Post
 from orders import tables
 from orders.campaigns import load_campaigns
+from orders.commands import Command
 
 Format = Literal["text", "mastodon", "twitter"]
 FORMATS: tuple[Format, ...] = ("text", "mastodon", "twitter")
@@ -195,18 +203,110 @@ def feed(
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> FeedTotals:
-    """Commit `posts` through `pipeline` in batches of `batch_size`, each at its latest post time.
+    """Commit `posts` through `pipeline` in batches of `batch_size`, each at its latest post time,
+    deciding and committing in this process.
 
     `pipeline` must have been built with `clock` as its clock.
     """
-    totals = FeedTotals()
-    for batch in batched(posts, batch_size):
-        clock.moment = max(post.effective_at for post in batch)
-        report = pipeline.process([Envelope(post, source) for post in batch])
-        totals.add(report)
+    read = ReadTotals()
+    batches = decide_batches(posts, pipeline.directory, source, batch_size=batch_size, read=read)
+
+    def observe(_: ReadTotals, report: BatchReport) -> None:
         if on_batch is not None:
             on_batch(report)
+
+    return commit_batches(pipeline, batches, clock=clock, read=read, on_batch=observe)
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedBatch:
+    """A batch the parser decided, ready for the writer.
+
+    `moment` is the time the batch is judged at (its latest post's), `seconds` how long deciding
+    it took, `read` what reading the file had met when the batch was cut (for a progress bar).
+    """
+
+    commands: list[Command]
+    moment: datetime
+    seconds: float
+    read: ReadTotals
+
+
+def decide_batches(
+    posts: Iterable[Post],
+    directory: CampaignDirectory,
+    source: Source,
+    *,
+    batch_size: int,
+    read: ReadTotals,
+) -> Iterator[DecidedBatch]:
+    """Cut `posts` into batches of `batch_size` and decide each at its latest post time.
+
+    `read` is the totals object `posts` is counted into; each batch carries a copy of it.
+    """
+    for batch in batched(posts, batch_size):
+        started = time.perf_counter()
+        moment = max(post.effective_at for post in batch)
+        commands, _ = decide([Envelope(post, source) for post in batch], directory, now=moment)
+        yield DecidedBatch(
+            commands=commands,
+            moment=moment,
+            seconds=time.perf_counter() - started,
+            read=dataclasses.replace(read),
+        )
+
+
+@dataclass(frozen=True)
+class ParseJob:
+    """Everything the deciding stage of a replay needs; small and picklable, so it can be handed
+    to another process, which compiles the grammars itself."""
+
+    path: Path
+    fmt: Format
+    brand: Brand
+    source: Source
+    batch_size: int = DEFAULT_BATCH
+    shift: timedelta | None = None
+    platform: str = "text"
+
+    def batches(self, read: ReadTotals) -> Iterator[DecidedBatch]:
+        """The file's posts, read lazily, decided batch by batch; `read` counts the reading."""
+        posts = read_posts(
+            self.path, self.fmt, shift=self.shift, totals=read, platform=self.platform
+        )
+        directory = CampaignDirectory([self.brand])
+        return decide_batches(posts, directory, self.source, batch_size=self.batch_size, read=read)
+
+
+def commit_batches(
+    pipeline: Pipeline,
+    batches: Iterable[DecidedBatch],
+    *,
+    clock: PostTimeClock,
+    read: ReadTotals,
+    on_batch: Callable[[ReadTotals, BatchReport], None] | None = None,
+) -> FeedTotals:
+    """Commit decided batches through `pipeline`, one transaction each, at each batch's moment.
+
+    `read` is kept up to date with what the reader had met at each batch. A report's `seconds`
+    is the batch's deciding plus committing time, wherever the deciding ran.
+    """
+    totals = FeedTotals()
+    for batch in batches:
+        clock.moment = batch.moment
+        report = pipeline.commit(batch.commands, now=batch.moment)
+        report = dataclasses.replace(report, seconds=report.seconds + batch.seconds)
+        _copy_totals(batch.read, read)
+        totals.add(report)
+        if on_batch is not None:
+            on_batch(read, report)
     return totals
+
+
+def _copy_totals(source: ReadTotals, target: ReadTotals) -> None:
+    if source is not target:
+        for name in (f.name for f in dataclasses.fields(ReadTotals)):
+            setattr(target, name, getattr(source, name))
 
 
 def database_summary(session: Session, campaign_ids: Sequence[str]) -> dict[str, Any]:
@@ -276,6 +376,10 @@ class ReplayResult:
     database: dict[str, Any]
     shift: timedelta | None
     cpu: float = 0.0  # CPU seconds of the replay, when the caller measured them
+    parser_process: bool = False  # whether reading and parsing ran in a process of their own
+    parser_cpu: float = 0.0  # that process's CPU seconds
+    parser_peak_rss_mb: float = 0.0  # that process's peak resident set size
+    parser_wait: float = 0.0  # seconds the writer waited for that process's next batch
 
     @property
     def posts_per_s(self) -> float:
@@ -310,6 +414,7 @@ def replay(
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[ReadTotals, BatchReport], None] | None = None,
     platform: str = "text",
+    parser_process: bool = True,
 ) -> ReplayResult:
     """Run a JSON-lines file of posts through the pipeline into the database at `url`.
 
@@ -317,12 +422,25 @@ def replay(
     `shift_to_open`, every post time moves by the one offset that puts the first post at the
     opening of the brand's first campaign. Text-format posts are taken to come from
     `platform`; on a platform the brand has an account on, the outbox queues their replies.
+
+    With `parser_process` (the default) the file is read and parsed in a process of its own
+    (`bot.parser_process`) while this one commits; without, both stages take turns here. The
+    database ends up the same either way. An error of the parser process is raised here.
     """
     shift: timedelta | None = None
     if shift_to_open:
         first = first_post_time(path, fmt)
         if first is not None:
             shift = brand.campaigns[0].opens_at - first
+    job = ParseJob(
+        path=path,
+        fmt=fmt,
+        brand=brand,
+        source=Source(brand.brand.id, platform if fmt == "text" else fmt),
+        batch_size=batch_size,
+        shift=shift,
+        platform=platform,
+    )
     engine = create_engine(url)
     try:
         ensure_tables(engine)
@@ -331,25 +449,35 @@ def replay(
             load_campaigns(session, [brand])
         clock = PostTimeClock()
         pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
-        source = Source(brand.brand.id, platform if fmt == "text" else fmt)
         read = ReadTotals()
-
-        def observe(report: BatchReport) -> None:
-            if on_batch is not None:
-                on_batch(read, report)
-
         started = time.perf_counter()
-        fed = feed(
-            pipeline,
-            read_posts(path, fmt, shift=shift, totals=read, platform=platform),
-            source=source,
-            clock=clock,
-            batch_size=batch_size,
-            on_batch=observe,
-        )
+        if parser_process:
+            # Imported here: bot.parser_process builds on this module.
+            from bot.parser_process import ParserProcess
+
+            with ParserProcess(job) as parser:
+                fed = commit_batches(
+                    pipeline, parser.batches(read), clock=clock, read=read, on_batch=on_batch
+                )
+            figures = (parser.cpu, parser.peak_rss_mb, parser.waited)
+        else:
+            fed = commit_batches(
+                pipeline, job.batches(read), clock=clock, read=read, on_batch=on_batch
+            )
+            figures = (0.0, 0.0, 0.0)
         elapsed = time.perf_counter() - started
         with sessions() as session:
             database = database_summary(session, [c.id for c in brand.campaigns])
     finally:
         engine.dispose()
-    return ReplayResult(read=read, fed=fed, elapsed=elapsed, database=database, shift=shift)
+    return ReplayResult(
+        read=read,
+        fed=fed,
+        elapsed=elapsed,
+        database=database,
+        shift=shift,
+        parser_process=parser_process,
+        parser_cpu=figures[0],
+        parser_peak_rss_mb=figures[1],
+        parser_wait=figures[2],
+    )

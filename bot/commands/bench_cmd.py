@@ -30,6 +30,11 @@ def bench_storm(
     profile: int = typer.Option(
         0, "--profile", min=0, help="Profile the first run; report this many top functions"
     ),
+    parser_process: bool = typer.Option(
+        True,
+        "--parser-process/--no-parser-process",
+        help="Read and parse in a process of its own while this one commits",
+    ),
     write: Path | None = typer.Option(  # noqa: B008
         None, "--write", help="Only write the storm as JSON lines to this file, and stop"
     ),
@@ -74,6 +79,7 @@ def bench_storm(
         baseline_posts=baseline_posts,
         keep=keep,
         profile=profile,
+        parser_process=parser_process,
     )
     typer.echo(json.dumps(report, ensure_ascii=False))
     if report.get("audit") != "ok":

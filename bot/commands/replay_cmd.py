@@ -81,6 +81,11 @@ def replay_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Parse only; touch no database"),
     batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="Posts per transaction"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
+    parser_process: bool = typer.Option(
+        True,
+        "--parser-process/--no-parser-process",
+        help="Read and parse in a process of its own while this one commits",
+    ),
     platform: str = typer.Option(
         "text",
         "--platform",
@@ -134,6 +139,7 @@ def replay_command(
             batch_size=batch,
             on_batch=on_batch,
             platform=platform,
+            parser_process=parser_process,
         )
         bar.update(task, completed=size, posts=result.read.posts)
     typer.echo(json.dumps(result.summary(), ensure_ascii=False))
