@@ -20,7 +20,6 @@ use `ratelimit_method="throw"`; the connector paces itself from `X-RateLimit-*` 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import deque
@@ -29,6 +28,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 import requests
 from mastodon import Mastodon
 from mastodon.streaming import StreamListener
@@ -388,13 +388,13 @@ class MastodonConnector(Connector):
 
     def _on_user_event(self, name: str, data: str, sink: Sink) -> None:
         if name == "notification":
-            notification = json.loads(data)
+            notification = orjson.loads(data)
             if notification.get("type") != "mention":
                 return
             post = _convert(post_from_notification, notification)
             self._deliver(sink, post, str(notification["id"]))
         elif name in EDIT_EVENTS:
-            status = json.loads(data)
+            status = orjson.loads(data)
             if self._mentions_me(status):
                 self._deliver(sink, self._edit(status), None)
         elif name == "delete":
@@ -402,9 +402,9 @@ class MastodonConnector(Connector):
 
     def _on_hashtag_event(self, name: str, data: str, sink: Sink) -> None:
         if name == "update":
-            self._deliver(sink, _convert(post_from_status, json.loads(data)), None)
+            self._deliver(sink, _convert(post_from_status, orjson.loads(data)), None)
         elif name in EDIT_EVENTS:
-            self._deliver(sink, self._edit(json.loads(data)), None)
+            self._deliver(sink, self._edit(orjson.loads(data)), None)
         elif name == "delete":
             self._deliver(sink, self._deletion(data), None)
 

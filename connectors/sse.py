@@ -8,6 +8,7 @@ decoding is the caller's choice per event.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -27,18 +28,22 @@ class SSEParser:
     """Incremental parser: `feed(chunk)` yields the events completed by that chunk."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = b""  # the unfinished last line
+        self._lines: deque[bytes] = deque()  # complete lines not yet parsed
         self._name: str | None = None
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
-        self._buffer += chunk
-        while True:
-            cut = self._buffer.find(b"\n")
-            if cut < 0:
-                return
-            raw, self._buffer = self._buffer[:cut], self._buffer[cut + 1 :]
-            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+        # One split per chunk, not one copy of the buffer per line; lines wait in a queue, so a
+        # consumer that stops mid-chunk loses none of them.
+        if b"\n" in chunk:
+            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+            self._lines.extend(lines)
+        else:
+            self._buffer += chunk
+        pending = self._lines
+        while pending:
+            line = pending.popleft().rstrip(b"\r").decode("utf-8", errors="replace")
             event = self._line(line)
             if event is not None:
                 yield event

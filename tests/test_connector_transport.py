@@ -48,6 +48,20 @@ def test_the_recorded_user_stream_parses_into_its_events_even_byte_by_byte() -> 
     assert notification["type"] == "mention"
 
 
+def test_chunks_of_any_size_give_the_same_events_and_a_paused_reader_loses_none() -> None:
+    raw = str(recorded("mastodon/stream_user_events_local.json")["body_raw_sse"]).encode()
+    whole = list(SSEParser().feed(raw))
+    for size in (2, 7, 64, 1000):
+        parser = SSEParser()
+        assert [e for i in range(0, len(raw), size) for e in parser.feed(raw[i : i + size])] == (
+            whole
+        )
+    # A reader that takes one event of a chunk and comes back later gets the rest, in order.
+    parser = SSEParser()
+    first = next(iter(parser.feed(raw)))
+    assert [first, *parser.feed(b"")] == whole
+
+
 def test_multi_line_data_is_joined_and_crlf_is_accepted() -> None:
     parser = SSEParser()
     events = list(parser.feed(b'event: update\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'))
