@@ -15,17 +15,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from config.database import is_postgres
 from orders.bulk import insert_rows
 from orders.campaigns import CampaignRules, read_rules
 from orders.outcomes import Outcome
-from orders.tables import products, transitions
+from orders.tables import transitions
 
 # Where outcomes that answer no command of the batch go: after all the others.
 _LAST = 1 << 60
+
+# The product rows of some campaigns, in lock order (campaign, SKU); locked on PostgreSQL.
+_LOCK = (
+    "SELECT campaign_id, sku, stock, allocated, released, waitlisted, enqueued "
+    "FROM order_products WHERE campaign_id IN :ids ORDER BY campaign_id, sku"
+)
+_LOCK_SQLITE = text(_LOCK).bindparams(bindparam("ids", expanding=True))
+_LOCK_POSTGRES = text(f"{_LOCK} FOR UPDATE").bindparams(bindparam("ids", expanding=True))
 
 # One SKU's counter changes, applied only if they cannot oversell (nor leave a negative count).
 # Fixed text, so SQLAlchemy compiles it once for every batch.
@@ -137,22 +145,8 @@ class Book:
         ids = sorted(set(campaign_ids) - {c for c, _ in self.stock} - set(self.rules))
         if not ids:
             return
-        stmt = (
-            select(
-                products.c.campaign_id,
-                products.c.sku,
-                products.c.stock,
-                products.c.allocated,
-                products.c.released,
-                products.c.waitlisted,
-                products.c.enqueued,
-            )
-            .where(products.c.campaign_id.in_(ids))
-            .order_by(products.c.campaign_id, products.c.sku)
-        )
-        if is_postgres(self.session):
-            stmt = stmt.with_for_update()
-        for row in self.session.execute(stmt):
+        stmt = _LOCK_POSTGRES if is_postgres(self.session) else _LOCK_SQLITE
+        for row in self.session.execute(stmt, {"ids": ids}):
             self.stock[(row.campaign_id, row.sku)] = Stock(
                 row.stock, row.allocated, row.released, row.waitlisted, row.enqueued
             )
@@ -173,27 +167,37 @@ class Book:
 
     def close(self) -> list[Outcome]:
         """Write the counters (SKU order, conditional) and transitions; return the outcomes."""
-        for (campaign_id, sku), s in sorted(self.stock.items()):
-            if not (s.d_allocated or s.d_released or s.d_waitlisted or s.d_enqueued):
-                continue
+        changed = [
+            (key, s)
+            for key, s in sorted(self.stock.items())
+            if s.d_allocated or s.d_released or s.d_waitlisted or s.d_enqueued
+        ]
+        if changed:
+            # One statement for every SKU (PostgreSQL runs the rows in one pipeline); each row
+            # updates only if it cannot oversell, so the rows updated must be all of them.
             result = self.session.execute(
                 _COUNTERS,
-                {
-                    "campaign_id": campaign_id,
-                    "sku": sku,
-                    "d_allocated": s.d_allocated,
-                    "d_released": s.d_released,
-                    "d_waitlisted": s.d_waitlisted,
-                    "d_enqueued": s.d_enqueued,
-                },
+                [
+                    {
+                        "campaign_id": campaign_id,
+                        "sku": sku,
+                        "d_allocated": s.d_allocated,
+                        "d_released": s.d_released,
+                        "d_waitlisted": s.d_waitlisted,
+                        "d_enqueued": s.d_enqueued,
+                    }
+                    for (campaign_id, sku), s in changed
+                ],
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise OversellPreventedError(f"{campaign_id}/{sku}: stock counters moved under us")
-            s.allocated += s.d_allocated
-            s.released += s.d_released
-            s.waitlisted += s.d_waitlisted
-            s.enqueued += s.d_enqueued
-            s.d_allocated = s.d_released = s.d_waitlisted = s.d_enqueued = 0
+            if result.rowcount != len(changed):  # type: ignore[attr-defined]
+                skus = ", ".join(f"{c}/{sku}" for (c, sku), _ in changed)
+                raise OversellPreventedError(f"stock counters moved under us (one of {skus})")
+            for _, s in changed:
+                s.allocated += s.d_allocated
+                s.released += s.d_released
+                s.waitlisted += s.d_waitlisted
+                s.enqueued += s.d_enqueued
+                s.d_allocated = s.d_released = s.d_waitlisted = s.d_enqueued = 0
         insert_rows(
             self.session,
             transitions,

@@ -10,6 +10,8 @@ SKU. A sold-out SKU costs nothing more than appending to the waitlist.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import MISSING
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -286,7 +288,15 @@ def hold_expiry(until: datetime, now: datetime) -> datetime:
 
 
 def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
-    return Outcome(
+    # The instance dict filled directly, as `Outcome.of` does (the generated `__init__` of a
+    # frozen dataclass sets each field through `object.__setattr__`); duplicates, ignores and
+    # rejects are a sixth of a storm. Field names are still checked.
+    if not fields.keys() <= _OPTIONAL:
+        raise TypeError(f"not fields of an outcome: {sorted(fields.keys() - _OPTIONAL)}")
+    outcome = _new(Outcome)
+    values = outcome.__dict__
+    values.update(_DEFAULTS)
+    values.update(
         kind=kind,
         platform=cmd.platform,
         post_id=cmd.post_id,
@@ -295,10 +305,16 @@ def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
         campaign_id=cmd.campaign_id,
         lang=cmd.decision.lang,
         visibility=cmd.visibility,
-        **fields,
     )
+    values.update(fields)
+    return outcome
 
 
 def outcome_for(cmd: Command, kind: Any, **fields: Any) -> Outcome:
     """An outcome answering `cmd` (shared with the engine's other steps)."""
     return _outcome(cmd, kind, **fields)
+
+
+# Every field of an outcome that has a default, with it; those `_outcome` takes by name.
+_DEFAULTS = {f.name: f.default for f in dataclass_fields(Outcome) if f.default is not MISSING}
+_OPTIONAL = _DEFAULTS.keys() - {"lang", "visibility"}

@@ -13,6 +13,7 @@ from test_engine_support import OPENS, Shop, kinds
 from orders.book import Stock
 from orders.bulk import insert_new, time_encoder
 from orders.outcomes import Outcome
+from orders.placing import outcome_for
 from orders.tables import posts
 
 
@@ -47,18 +48,36 @@ def test_placing_an_order_on_a_stock_is_taking_what_is_open_then_queueing(
     assert fast == slow
 
 
-def test_every_outcome_field_of_a_placed_order_is_as_the_constructor_makes_it(
-    shop: Shop,
-) -> None:
+def test_every_outcome_field_is_as_the_constructor_makes_it(shop: Shop) -> None:
     shop.topup("alice", 100_00)
+    first = shop.post("alice")
     outs = shop.apply(
-        shop.post("alice"), shop.post("bob", quantity=2), shop.post("carol", sku="PHONE-WHITE")
+        first,
+        shop.post("bob", quantity=2),
+        shop.post("carol", sku="PHONE-WHITE"),
+        first,
+        shop.post("dave", sku="PHONE-RED"),
+        shop.post("erin", "ignore", reason="not_addressed"),
+        shop.post("bob", "status"),
     )
-    assert kinds(outs) == ["confirmed", "payment_needed", "payment_needed"]
+    assert kinds(outs) == [
+        "confirmed",
+        "payment_needed",
+        "payment_needed",
+        "duplicate",
+        "rejected",
+        "ignored",
+        "status",
+    ]
     for out in outs:
         rebuilt = Outcome(**{f.name: getattr(out, f.name) for f in fields(Outcome)})
         assert out == rebuilt
         assert vars(out) == vars(rebuilt)
+
+
+def test_an_outcome_is_not_made_with_a_field_it_does_not_have(shop: Shop) -> None:
+    with pytest.raises(TypeError, match="queue_place"):
+        outcome_for(shop.post("alice"), "status", queue_place=3)
 
 
 def test_an_unseen_post_deleted_twice_in_one_batch_is_remembered_once(shop: Shop) -> None:
