@@ -32,6 +32,7 @@ from typing import Any
 
 from bot import bench_baseline
 from bot.feed import DEFAULT_BATCH, ReplayResult, read_posts, replay
+from bot.parser_process import warm_up as parser_warm_up
 from bot.pipeline import CampaignDirectory, Envelope, Source, to_command
 from bot.schema import all_metadata
 from bot.storm import StormSpec, scaled_brand, storm, write_jsonl
@@ -219,6 +220,8 @@ def run_storm(
 ) -> dict[str, Any]:
     """Generate the storm, replay it `runs` times on fresh tables, and report as one object."""
     bench_brand = scaled_brand(brand, stock)
+    if parser_process:
+        parser_warm_up()  # once per process, not in the first run's time
     with tempfile.TemporaryDirectory(prefix="flashtag-bench-") as tmp:
         path = Path(tmp) / "storm.jsonl"
         started = time.perf_counter()

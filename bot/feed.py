@@ -427,6 +427,11 @@ def replay(
     (`bot.parser_process`) while this one commits; without, both stages take turns here. The
     database ends up the same either way. An error of the parser process is raised here.
     """
+    if parser_process:
+        # Imported here: bot.parser_process builds on this module.
+        from bot.parser_process import ParserProcess, warm_up
+
+        warm_up()  # the forkserver gets ready while the database does
     shift: timedelta | None = None
     if shift_to_open:
         first = first_post_time(path, fmt)
@@ -452,9 +457,6 @@ def replay(
         read = ReadTotals()
         started = time.perf_counter()
         if parser_process:
-            # Imported here: bot.parser_process builds on this module.
-            from bot.parser_process import ParserProcess
-
             with ParserProcess(job) as parser:
                 fed = commit_batches(
                     pipeline, parser.batches(read), clock=clock, read=read, on_batch=on_batch

@@ -6,7 +6,9 @@ deciding stage (`bot.feed.ParseJob.batches`) and sends each decided batch over a
 to the parent, which only commits (`bot.feed.commit_batches`): the two stages overlap.
 
 - The child starts from the forkserver (spawn where there is none), never as a fork of the
-  writer: it shares none of the writer's database connections, threads or locks.
+  writer: it shares none of the writer's database connections, threads or locks. As with any
+  such start, the program's main module must be importable without running it (the usual
+  `if __name__ == "__main__"` guard; the `flashtag` script has it).
 - The queue holds `DEPTH` batches. A parser that runs ahead waits (bounded memory), and a
   writer that runs ahead waits for the next batch.
 - A batch crosses as plain tuples of the commands' fields, each distinct `Decision` once per
@@ -29,6 +31,7 @@ import signal
 import time
 import traceback
 from collections.abc import Iterator
+from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from types import TracebackType
@@ -137,6 +140,16 @@ def _context() -> BaseContext:
         context.set_forkserver_preload(["__main__", __name__])
         return context
     return multiprocessing.get_context("spawn")
+
+
+def warm_up() -> None:
+    """Start the forkserver now, in the background, if it is not running yet.
+
+    It imports the program once (about a second of CPU); started early, that overlaps whatever
+    the caller does next, and the parser process itself then starts in milliseconds.
+    """
+    if _context().get_start_method() == "forkserver":
+        forkserver.ensure_running()
 
 
 class ParserProcess:
