@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -230,47 +229,51 @@ def insert_new(
     *,
     key: Sequence[str],
     constants: Mapping[str, Any],
-) -> set[tuple[Any, ...]]:
+) -> set[int]:
     """Insert those of `rows` whose `key` (a unique key of `table`, the first columns of
-    `columns`) is not in the table yet; return the keys inserted. Rows' keys must be distinct
-    and their times written with `time_encoder`.
+    `columns`) is not in the table yet; return the positions in `rows` of those skipped. Rows'
+    keys must be distinct and their times written with `time_encoder`.
 
-    PostgreSQL does it in one statement: `ON CONFLICT (key) DO NOTHING` skips the rows already
-    there (the unique index is probed once per row by the insert itself) and the inserted keys
-    come back as one JSON array. SQLite, which runs in-process, looks the keys up first (one
-    primary-key probe each) and inserts the rest.
+    PostgreSQL does it in one statement: the rows are unpacked once (numbered, in a CTE),
+    `ON CONFLICT (key) DO NOTHING` skips those already there (the insert probes the unique
+    index itself) and the positions of the skipped ones come back as one JSON array. SQLite,
+    which runs in-process, looks the keys up first (one primary-key probe per row, the rows
+    travelling as one JSON array) and inserts the rest. Nothing is built per row in Python.
     """
     if not rows:
         return set()
-    width = len(key)
-    if tuple(columns[:width]) != tuple(key):
+    if tuple(columns[: len(key)]) != tuple(key):
         raise ValueError(f"the key {key} must be the first columns of {columns}")
-    keys_of = itemgetter(*range(width)) if width > 1 else lambda row: (row[0],)
-    names = ", ".join(key)
+    payload = orjson.dumps(rows).decode()
     if is_postgres(session):
-        select_rows, params = _jsonb_rows(session, table, columns, rows, constants)
+        dialect = session.get_bind().dialect
+
+        def type_of(name: str) -> str:
+            return str(table.c[name].type.compile(dialect=dialect))
+
+        names = [*columns, *constants]
+        fields = [f"CAST(e->>{i} AS {type_of(name)}) AS {name}" for i, name in enumerate(columns)]
+        fields += [f"CAST(:k_{name} AS {type_of(name)}) AS {name}" for name in constants]
+        same = " AND ".join(f"ins.{k} = src.{k}" for k in key)
         sql = (
-            f"WITH ins AS (INSERT INTO {table.name} ({', '.join([*columns, *constants])}) "
-            f"{select_rows} ON CONFLICT ({names}) DO NOTHING RETURNING {names}) "
-            f"SELECT CAST(json_agg(json_build_array({names})) AS TEXT) FROM ins"
+            f"WITH src AS MATERIALIZED (SELECT n, {', '.join(fields)} "
+            "FROM jsonb_array_elements(CAST(:rows AS JSONB)) WITH ORDINALITY AS t(e, n)), "
+            f"ins AS (INSERT INTO {table.name} ({', '.join(names)}) "
+            f"SELECT {', '.join(names)} FROM src ORDER BY n "
+            f"ON CONFLICT ({', '.join(key)}) DO NOTHING RETURNING {', '.join(key)}) "
+            "SELECT CAST(json_agg(src.n - 1) AS TEXT) FROM src "
+            f"WHERE NOT EXISTS (SELECT FROM ins WHERE {same})"
         )
-        inserted = session.execute(text(sql), params).scalar_one()
-        return set(map(tuple, orjson.loads(inserted))) if inserted else set()
-    wanted = list(map(keys_of, rows))
-    picks = ", ".join(f"json_extract(value, '$[{n}]')" for n in range(width))
-    found = set(
-        map(
-            tuple,
-            session.connection().exec_driver_sql(
-                f"SELECT {names} FROM {table.name} WHERE ({names}) IN "
-                f"(SELECT {picks} FROM json_each(?))",
-                (orjson.dumps(wanted).decode(),),
-            ),
-        )
+        params: dict[str, Any] = {f"k_{name}": value for name, value in constants.items()}
+        params["rows"] = payload
+        skipped = session.execute(text(sql), params).scalar_one()
+        return set(orjson.loads(skipped)) if skipped else set()
+    same = " AND ".join(f"t.{k} = json_extract(j.value, '$[{n}]')" for n, k in enumerate(key))
+    found = session.connection().exec_driver_sql(
+        f"SELECT j.key FROM json_each(?) AS j JOIN {table.name} AS t ON {same}", (payload,)
     )
-    if not found:
-        insert_rows(session, table, columns, rows, constants=constants, encoded=True)
-        return set(wanted)
-    new = [(row, k) for row, k in zip(rows, wanted, strict=True) if k not in found]
-    insert_rows(session, table, columns, [row for row, _ in new], constants=constants, encoded=True)
-    return {k for _, k in new}
+    positions = {n for (n,) in found}
+    if positions:
+        rows = [row for n, row in enumerate(rows) if n not in positions]
+    insert_rows(session, table, columns, rows, constants=constants, encoded=True)
+    return positions

@@ -190,7 +190,7 @@ def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[
     if deleted:
         columns = (*POST_COLUMNS, "deleted_at")
         rows = [(*row, row[4]) for row in rows]
-    inserted = insert_new(
+    skipped = insert_new(
         session,
         posts,
         columns,
@@ -198,14 +198,14 @@ def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[
         key=("platform", "post_id"),
         constants={"attempts": 1, "seen_at": book.now},
     )
-    if len(inserted) == len(items):
+    if not skipped:
         return items
     fresh: list[Indexed] = []
-    for i, cmd in items:
-        if (cmd.platform, cmd.post_id) in inserted:
-            fresh.append((i, cmd))
+    for n, item in enumerate(items):
+        if n in skipped:
+            book.emit(outcome_for(item[1], "duplicate"), item[0])
         else:
-            book.emit(outcome_for(cmd, "duplicate"), i)
+            fresh.append(item)
     return fresh
 
 

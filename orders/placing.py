@@ -291,7 +291,7 @@ def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
     # The instance dict filled directly, as `Outcome.of` does (the generated `__init__` of a
     # frozen dataclass sets each field through `object.__setattr__`); duplicates, ignores and
     # rejects are a sixth of a storm. Field names are still checked.
-    if not fields.keys() <= _OPTIONAL:
+    if fields and not _OPTIONAL.issuperset(fields):
         raise TypeError(f"not fields of an outcome: {sorted(fields.keys() - _OPTIONAL)}")
     outcome = _new(Outcome)
     values = outcome.__dict__
