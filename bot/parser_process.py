@@ -137,7 +137,10 @@ def _context() -> BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         # Only effective before the forkserver starts: it imports these once for all children.
-        context.set_forkserver_preload(["__main__", __name__])
+        # Each child still runs the main module again (Python 3.11 never preloads `__main__`);
+        # for the `flashtag` script that imports bot.cli, so with bot.cli preloaded a child
+        # starts in milliseconds instead of importing every command's modules (half a second).
+        context.set_forkserver_preload(["__main__", "bot.cli", __name__])
         return context
     return multiprocessing.get_context("spawn")
 
