@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from bot.bench import reset_tables, run_audit
+from bot.bench import reset_tables, run_audit, run_storm
 from bot.feed import ParseJob, ReadTotals, ReplayResult, replay
 from bot.parser_process import ParserProcess, ParserProcessError, pack, unpack
 from bot.pipeline import BatchReport, Source
@@ -144,6 +144,10 @@ def _job(path: Path, brand: Brand, batch_size: int = 100) -> ParseJob:
     return ParseJob(path, "text", brand, Source(brand.brand.id, "text"), batch_size=batch_size)
 
 
+def _parsers() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name == "flashtag-parser"]
+
+
 def _gone(pid: int, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -175,7 +179,7 @@ def test_an_unreadable_file_fails_in_the_writer_with_the_parsers_traceback(
     cause = failed.value.__cause__
     assert isinstance(cause, ParserProcessError)
     assert "Traceback" in str(cause) and "missing.jsonl" in str(cause)
-    assert not multiprocessing.active_children()
+    assert not _parsers()
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("the writer broke"), KeyboardInterrupt()])
@@ -186,7 +190,7 @@ def test_the_parser_process_ends_when_the_writer_fails(
     children: list[int] = []
 
     def on_batch(read: ReadTotals, report: BatchReport) -> None:
-        children.extend(p.pid for p in multiprocessing.active_children() if p.pid)
+        children.extend(p.pid for p in _parsers() if p.pid)
         raise failure
 
     with pytest.raises(type(failure)):
@@ -194,7 +198,7 @@ def test_the_parser_process_ends_when_the_writer_fails(
         replay(storm_file, brand, url=url, batch_size=10, on_batch=on_batch)
     assert len(children) == 1
     assert _gone(children[0])
-    assert not multiprocessing.active_children()
+    assert not _parsers()
 
 
 def test_a_parser_process_that_dies_is_an_error_not_a_hang(storm_file: Path, brand: Brand) -> None:
@@ -205,3 +209,16 @@ def test_a_parser_process_that_dies_is_an_error_not_a_hang(storm_file: Path, bra
         os.kill(parser.pid, signal.SIGKILL)
         with pytest.raises(ParserProcessError, match="ended without a word"):
             list(batches)
+
+
+def test_the_storm_benchmark_reports_each_process_and_the_same_results(brand: Brand) -> None:
+    split = run_storm(posts=2_600, stock=100, seed=4, brand=brand, runs=1)
+    alone = run_storm(posts=2_600, stock=100, seed=4, brand=brand, runs=1, parser_process=False)
+
+    assert split["parser_process"] is True and alone["parser_process"] is False
+    assert split["parser_cpu_s"] > 0 and split["parser_peak_rss_mb"] > 0
+    assert split["writer_wait_s"] >= 0 and split["cpu_s"] > 0
+    assert "parser_cpu_s" not in alone and "parser_peak_rss_mb" not in alone
+    for key in ("units_allocated", "reservations", "decisions", "duplicates", "audit"):
+        assert split[key] == alone[key], key
+    assert split["audit"] == "ok"
