@@ -110,14 +110,12 @@ def place_orders(
     *,
     cause: str = "order",
     parts: Mapping[tuple[str, str], int] | None = None,
-    held: dict[tuple[str, str], int] | None = None,
 ) -> None:
     """Reserve, pay or waitlist every order in `orders` (batch index, command), in post-time
     order, and emit their outcomes.
 
     `parts` gives the first free part number of posts that already have parts (an edit that
-    re-submits a post); others start at 0. `held` is the units each (campaign, buyer) already
-    holds (`units_reserved`) when the caller read them already; it is updated in place.
+    re-submits a post); others start at 0.
 
     This runs once per order post of a storm, so it keeps to three passes over plain tuples:
     decide (stock, limit, window), then pay what was allocated, then build each reservation
@@ -133,9 +131,8 @@ def place_orders(
     # First come, first served by (post time, post id); the batch index keeps ties in batch
     # order (a stable sort), and no key function runs per post.
     ordered = sorted([(c.posted_at, c.post_id, i, c) for i, c in orders])
-    if held is None:
-        wanted = {(c.campaign_id, c.buyer) for _, _, _, c in ordered if c.campaign_id in rules_of}
-        held = units_reserved(session, wanted)
+    wanted = {(c.campaign_id, c.buyer) for _, _, _, c in ordered if c.campaign_id in rules_of}
+    held = units_reserved(session, wanted)
     # (batch index, command, part, sku, units, state, reason, queue ticket, position, price)
     plans: list[tuple[Any, ...]] = []
     allocated: list[int] = []
