@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bot.collector import tune_collector
 from bot.commands import (
     bench_cmd,
     config_cmd,
@@ -38,4 +39,5 @@ bench_cmd.register(app)
 
 
 def main() -> None:
+    tune_collector()
     app()

@@ -37,6 +37,7 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any
 
+from bot.collector import tune_collector
 from bot.feed import DecidedBatch, ParseJob, ReadTotals
 from orders.commands import Command, Decision
 
@@ -108,6 +109,7 @@ def _parse(job: ParseJob, channel: Any) -> None:
     """The child's body: decide the file batch by batch and send each batch, then the totals."""
     # Ctrl-C reaches the whole process group; the writer decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_collector()
     try:
         read = ReadTotals()
         interned: dict[Decision, Decision] = {}
