@@ -236,7 +236,6 @@ class Pipeline:
         clock: Clock | None = None,
         on_commit: Callable[[BatchReport], None] | None = None,
         retries: int = 5,
-        public_url: str | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self._sessions = sessions
@@ -248,7 +247,6 @@ class Pipeline:
         self._batcher: Batcher[Envelope] = Batcher(max_posts, timedelta(milliseconds=max_wait_ms))
         self._on_commit = on_commit
         self._retries = retries
-        self._public_url = public_url
         self._lock = threading.Lock()
         self.stats = PipelineStats()
 
