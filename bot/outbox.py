@@ -328,6 +328,13 @@ class Composer:
 # -- sending -------------------------------------------------------------------------------------
 
 SendResult = Literal["sent", "retry", "failed", "rate_limited"]
+_ClaimResult = Literal["claimed", "none", "lost", "skipped"]
+
+
+def _written_error(exc: Exception) -> str:
+    if isinstance(exc, ComposeError):
+        return str(exc)
+    return f"cannot write the reply: {type(exc).__name__}: {exc}"[:500]
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,8 +362,7 @@ class Sender:
         factory: sessionmaker[Session],
         connector: Connector,
         *,
-        brands: Iterable[Brand] = (),
-        composer: Composer | None = None,
+        composer: Composer,
         account: str | None = None,
         clock: Clock | None = None,
         name: str | None = None,
@@ -367,7 +373,7 @@ class Sender:
     ) -> None:
         self._factory = factory
         self._connector = connector
-        self._composer = composer or Composer(brands)
+        self._composer = composer
         self.account = account or connector.account_key
         self._clock: Clock = clock or SystemClock()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -377,14 +383,18 @@ class Sender:
         self._backoff_cap = backoff_cap
 
     def _claim(self) -> _Claim | None:
-        for _ in range(10):
-            lost, claim = self._try_claim()
-            if not lost:
+        races = 0
+        while races < 10:
+            result, claim = self._try_claim()
+            if result == "lost":
+                races += 1
+            elif result != "skipped":  # a message that could not be written is failed: next
                 return claim
         return None
 
-    def _try_claim(self) -> tuple[bool, _Claim | None]:
-        """(lost the race, claim). Losing happens only where SKIP LOCKED is not available."""
+    def _try_claim(self) -> tuple[_ClaimResult, _Claim | None]:
+        """What happened, and the claim. Losing a race happens only where SKIP LOCKED is not
+        available; a message that cannot be written is marked failed and skipped."""
         now = self._clock.now()
         t = outbox_messages.c
         columns = (
@@ -422,19 +432,26 @@ class Sender:
                 if row is not None:
                     break
             if row is None:
-                return False, None
+                return "none", None
             written = Written(row.text, row.text_hash, row.lang, row.visibility)
             if row.text is None:
                 try:
                     written = self._composer.write(session, row, now=now)
-                except ComposeError as exc:
+                except SQLAlchemyError:
+                    raise  # the database's fault, not the message's: the run loop backs off
+                except Exception as exc:
+                    # A reply that cannot be written (its brand file gone, facts or templates
+                    # that no longer fit) fails alone; it must not stop the sender, nor come
+                    # first again after every restart.
+                    if not isinstance(exc, ComposeError):
+                        log.exception("%s message %s cannot be written", self.account, row.id)
                     session.execute(
                         update(outbox_messages)
                         .where(t.id == row.id, t.attempts == row.attempts)
-                        .values(state="failed", error=str(exc), lease_until=None)
+                        .values(state="failed", error=_written_error(exc), lease_until=None)
                     )
                     log.error("%s message %s cannot be written: %s", self.account, row.id, exc)
-                    return True, None
+                    return "skipped", None
             claimed = session.execute(
                 update(outbox_messages)
                 .where(
@@ -453,7 +470,7 @@ class Sender:
                 .returning(t.id)
             ).first()
             if claimed is None:
-                return True, None
+                return "lost", None
         message = OutgoingMessage(
             text=written.text,
             visibility=written.visibility,
@@ -463,7 +480,7 @@ class Sender:
             recipient_id=row.recipient_id,
             lang=written.lang,
         )
-        return False, _Claim(id=row.id, attempts=row.attempts + 1, message=message)
+        return "claimed", _Claim(id=row.id, attempts=row.attempts + 1, message=message)
 
     def _finish(self, claim: _Claim, **values: Any) -> None:
         t = outbox_messages.c

@@ -409,3 +409,21 @@ def test_a_reply_whose_brand_is_not_loaded_fails_with_the_reason(engine: Engine)
     with engine.connect() as conn:
         (row,) = conn.execute(select(outbox_messages)).mappings()
     assert row["state"] == "failed" and "demo" in str(row["error"])
+
+
+def test_a_reply_that_cannot_be_written_fails_alone(engine: Engine) -> None:
+    # Twelve unwritable replies ahead of a good one: each fails with its reason, and the sender
+    # goes on to the next instead of stopping (or crashing the worker on every restart).
+    _queue(engine, [outcome("payment_needed", str(i), reservation_id=i) for i in range(13)])
+    with engine.begin() as conn:
+        conn.execute(
+            outbox_messages.update()
+            .where(outbox_messages.c.reservation_id < 12)
+            .values(facts="not json")
+        )
+    sent = _send_all(engine)
+    assert len(sent) == 1
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(outbox_messages).order_by(outbox_messages.c.id)).mappings())
+    assert [r["state"] for r in rows] == ["failed"] * 12 + ["sent"]
+    assert all("cannot write the reply" in str(r["error"]) for r in rows[:12])

@@ -39,8 +39,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Messages still waiting to be written cannot be kept without their text.
-    op.execute("DELETE FROM outbox_messages WHERE text IS NULL")
+    # A reply still waiting to be written has no text for the old schema to keep; dropping it
+    # would lose it (a buyer's payment link among them). Let the senders drain them first.
+    waiting = (
+        op.get_bind()
+        .execute(sa.text("SELECT count(*) FROM outbox_messages WHERE text IS NULL"))
+        .scalar_one()
+    )
+    if waiting:
+        raise RuntimeError(
+            f"{waiting} queued replies are not written yet; let the senders send them "
+            "(flashtag outbox status) before downgrading below 0002"
+        )
     with op.batch_alter_table("outbox_messages", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_buyer_text")
         batch_op.create_index(
