@@ -17,9 +17,6 @@ count as `positions` gives right after.
 
 from __future__ import annotations
 
-import bisect
-import itertools
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,58 +55,46 @@ def campaign_queue(campaign_id: str) -> Subquery:
 
 def positions(session: Session, reservation_ids: Iterable[int]) -> dict[int, int]:
     """The queue position of each of these reservations that is waitlisted (the others are
-    absent from the result), in a few index probes however long the waitlist.
+    absent from the result), in one query that reads no waiting row ahead of them.
 
     Tickets count units: a part that joins a SKU's waitlist takes the ticket after every unit
     that joined before it, and no row is ever removed, so the units of rows ahead of a part
-    (any state, in `QUEUE_ORDER`) are its ticket minus one, plus the units of earlier rows that
-    share its ticket (the heads a promotion split off it). The units still waiting ahead are
-    those minus the units ahead that left the waitlist (promoted, cancelled, deleted), which
-    `ix_order_reservations_left_queue` finds without touching the waiting rows. The result is
-    the same count `campaign_queue` makes with a window over the whole waitlist.
+    with a lower ticket are its ticket minus one. Of those, the units that left the waitlist
+    (promoted, cancelled, deleted) are summed through `ix_order_reservations_left_queue`, which
+    holds no waiting row. Rows sharing the part's ticket come from a promotion that split the
+    part: the head it promoted has left, and any earlier row of that ticket still waiting would
+    count too. The result is the same count `campaign_queue` makes with a window over the whole
+    waitlist.
     """
     ids = sorted(set(reservation_ids))
     if not ids:
         return {}
-    wanted = session.execute(
-        select(r_.id, r_.campaign_id, r_.sku, r_.queue_ticket).where(
-            r_.id.in_(ids), r_.state == "waitlisted"
+    w = reservations.alias("w")
+    r = reservations.alias("r")
+    same_queue = (r.c.campaign_id == w.c.campaign_id, r.c.sku == w.c.sku)
+    left_below = (
+        select(func.coalesce(func.sum(r.c.quantity), 0))
+        .where(
+            *same_queue,
+            r.c.queue_ticket.is_not(None),
+            r.c.state != "waitlisted",
+            r.c.queue_ticket < w.c.queue_ticket,
         )
-    ).all()
-    by_queue: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for row in wanted:
-        by_queue[(row.campaign_id, row.sku)].append(row)
-    found: dict[int, int] = {}
-    for (campaign_id, sku), rows in sorted(by_queue.items()):
-        tickets = sorted({row.queue_ticket for row in rows})
-        same = (r_.campaign_id == campaign_id, r_.sku == sku)
-        left = session.execute(
-            select(r_.queue_ticket, r_.id, r_.quantity)
-            .where(
-                *same,
-                r_.state != "waitlisted",
-                r_.queue_ticket.is_not(None),
-                r_.queue_ticket <= tickets[-1],
-            )
-            .order_by(*QUEUE_ORDER)
-        ).all()
-        # Rows sharing a wanted ticket: split heads, whether they left or still wait.
-        wanted_tickets = set(tickets)
-        sharing: list[Any] = [r for r in left if r.queue_ticket in wanted_tickets]
-        sharing += list(
-            session.execute(
-                select(r_.queue_ticket, r_.id, r_.quantity).where(
-                    *same, r_.state == "waitlisted", r_.queue_ticket.in_(tickets)
-                )
-            )
+        .scalar_subquery()
+    )
+    waiting_split = (
+        select(func.coalesce(func.sum(r.c.quantity), 0))
+        .where(
+            *same_queue,
+            r.c.state == "waitlisted",
+            r.c.queue_ticket == w.c.queue_ticket,
+            r.c.id < w.c.id,
         )
-        order = [(r.queue_ticket, r.id) for r in left]
-        gone = list(itertools.accumulate((r.quantity for r in left), initial=0))
-        for row in rows:
-            key = (row.queue_ticket, row.id)
-            split_heads = sum(
-                r.quantity for r in sharing if r.queue_ticket == row.queue_ticket and r.id < row.id
-            )
-            ahead = row.queue_ticket - 1 + split_heads - gone[bisect.bisect_left(order, key)]
-            found[int(row.id)] = int(ahead) + 1
-    return found
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(w.c.id, w.c.queue_ticket - left_below + waiting_split).where(
+            w.c.id.in_(ids), w.c.state == "waitlisted"
+        )
+    )
+    return {int(id_): int(position) for id_, position in rows}
