@@ -74,11 +74,6 @@ class Stock:
     def waiting(self) -> int:
         return self.waitlisted + self.d_waitlisted
 
-    @property
-    def open_to_new(self) -> int:
-        """Units a new order may take: none while anyone waits (nobody jumps the queue)."""
-        return self.free if self.waiting == 0 else 0
-
     def allocate(self, units: int) -> None:
         self.d_allocated += units
 
@@ -86,25 +81,17 @@ class Stock:
         self.d_allocated -= units
         self.d_released += units
 
-    def enqueue(self, units: int) -> tuple[int, int]:
-        """Put `units` on the waitlist; returns (queue ticket, position: units ahead + 1).
-
-        The position is exact in promotion order (`orders.queue`): the new ticket is above every
-        ticket already waiting, so the units ahead are all the units waiting now."""
-        position = self.waiting + 1
-        ticket = self.enqueued + self.d_enqueued + 1
-        self.d_waitlisted += units
-        self.d_enqueued += units
-        return ticket, position
-
     def dequeue(self, units: int) -> None:
         self.d_waitlisted -= units
 
     def place(self, units: int) -> tuple[int, int | None, int | None]:
-        """A new order of `units`: take what is open to new orders (`open_to_new`), put the rest
-        on the waitlist (`enqueue`). Returns (units taken, queue ticket, position), the last two
-        None when nothing joined the waitlist. The same as those calls, in one: it runs once per
-        order post of a storm."""
+        """A new order of `units`: take the free units, unless anyone waits (nobody jumps the
+        queue), and put the rest on the waitlist. Returns (units taken, queue ticket, position),
+        the last two None when nothing joined the waitlist.
+
+        The ticket numbers units as they join; the position is exact in promotion order
+        (`orders.queue`): the new ticket is above every ticket already waiting, so the units
+        ahead are all the units waiting now. Runs once per order post of a storm."""
         waiting = self.waitlisted + self.d_waitlisted
         take = 0
         if waiting == 0:

@@ -10,7 +10,7 @@ delivered late (X polled behind the Mastodon stream, a backfill after a restart)
 everyone already waiting, though it was posted earlier. Ordering by `posted_at` would tell such
 a fan a place that promotion does not give them.
 
-The engine's reply to a fresh order (`Stock.enqueue`) needs no query: every unit already waiting
+The engine's reply to a fresh order (`Stock.place`) needs no query: every unit already waiting
 holds a lower ticket, so its position is the units waiting at that moment plus one, the same
 count as `positions` gives right after.
 """

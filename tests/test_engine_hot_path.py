@@ -26,26 +26,30 @@ def shop(db_url: str) -> Iterator[Shop]:
 
 
 @pytest.mark.parametrize(
-    ("counters", "units"),
+    ("counters", "units", "placed"),
     [
-        ((10, 0, 0, 0, 0), 3),  # all free
-        ((10, 8, 0, 0, 0), 3),  # partly free: the rest waits
-        ((10, 10, 0, 0, 0), 2),  # sold out, nobody waiting yet
-        ((10, 10, 2, 4, 9), 1),  # sold out, a queue
-        ((10, 6, 0, 3, 3), 2),  # free units, but someone waits: nobody jumps the queue
-        ((10, 7, 0, 0, 0), 3),  # exactly what is free
+        ((10, 0, 0, 0, 0), 3, (3, None, None)),  # all free
+        ((10, 8, 0, 0, 0), 3, (2, 1, 1)),  # partly free: the rest waits, first in line
+        ((10, 10, 0, 0, 0), 2, (0, 1, 1)),  # sold out, nobody waiting yet
+        ((10, 10, 2, 4, 9), 1, (0, 10, 5)),  # sold out, four units wait ahead, nine ever joined
+        ((10, 6, 0, 3, 3), 2, (0, 4, 4)),  # free units, but someone waits: nobody jumps the queue
+        ((10, 7, 0, 0, 0), 3, (3, None, None)),  # exactly what is free
     ],
 )
-def test_placing_an_order_on_a_stock_is_taking_what_is_open_then_queueing(
-    counters: tuple[int, int, int, int, int], units: int
+def test_an_order_takes_what_is_free_unless_someone_waits_and_queues_the_rest(
+    counters: tuple[int, int, int, int, int],
+    units: int,
+    placed: tuple[int, int | None, int | None],
 ) -> None:
-    fast, slow = Stock(*counters), Stock(*counters)
-    take = min(units, slow.open_to_new)
-    if take:
-        slow.allocate(take)
-    queued = slow.enqueue(units - take) if units > take else (None, None)
-    assert fast.place(units) == (take, *queued)
-    assert fast == slow
+    stock = Stock(*counters)
+    assert stock.place(units) == placed
+    taken = placed[0]
+    assert (stock.d_allocated, stock.d_waitlisted, stock.d_enqueued) == (
+        taken,
+        units - taken,
+        units - taken,
+    )
+    assert stock.free >= 0
 
 
 def test_every_outcome_field_is_as_the_constructor_makes_it(shop: Shop) -> None:
