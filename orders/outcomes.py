@@ -9,6 +9,7 @@ each such post is answered once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -65,14 +66,15 @@ class Outcome:
     visibility: str = "public"
 
     @classmethod
-    def of(cls, *values: Any) -> Outcome:
-        """An outcome from every field's value, in field order: the engine's hot path, about
-        twice as fast as the generated `__init__` of a frozen dataclass (which sets each field
-        through `object.__setattr__`). Values are not checked: pass all of them."""
+    def from_fields(cls, values: Mapping[str, Any]) -> Outcome:
+        """An outcome from every field's value by name, written straight into the instance: the
+        engine's hot path (once per post of a storm), about twice as fast as the generated
+        `__init__` of a frozen dataclass, which sets each field through `object.__setattr__`.
+        Values are not checked: name every field, and only fields (`FIELDS`)."""
         outcome = _new(cls)
-        outcome.__dict__.update(zip(_FIELDS, values, strict=True))
+        outcome.__dict__.update(values)
         return outcome
 
 
-_FIELDS = tuple(f.name for f in fields(Outcome))
+FIELDS = frozenset(f.name for f in fields(Outcome))
 _new = object.__new__

@@ -62,8 +62,6 @@ _KIND: dict[str, OutcomeKind] = {
 
 Indexed = tuple[int, Command]
 
-_new = object.__new__
-
 # The live states as SQL, for the statements written out below.
 _LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)
 
@@ -243,28 +241,27 @@ def place_orders(
                 payment,
             )
         )
-        # Every field by name straight into the instance dict: what `Outcome.of` does, without
-        # packing and zipping 18 values (this runs once per post of a storm).
-        outcome = _new(Outcome)
-        outcome.__dict__.update(
-            kind=_KIND[state],
-            platform=cmd.platform,
-            post_id=cmd.post_id,
-            buyer=cmd.buyer,
-            handle=cmd.handle,
-            campaign_id=cmd.campaign_id,
-            reservation_id=id_,
-            sku=sku,
-            quantity=units,
-            state=state,
-            reason=reason,
-            queue_position=position,
-            hold_expires_at=expires,
-            amount_due=due,
-            balance=balance,
-            amount=None,
-            lang=lang,
-            visibility=cmd.visibility,
+        outcome = Outcome.from_fields(
+            {
+                "kind": _KIND[state],
+                "platform": cmd.platform,
+                "post_id": cmd.post_id,
+                "buyer": cmd.buyer,
+                "handle": cmd.handle,
+                "campaign_id": cmd.campaign_id,
+                "reservation_id": id_,
+                "sku": sku,
+                "quantity": units,
+                "state": state,
+                "reason": reason,
+                "queue_position": position,
+                "hold_expires_at": expires,
+                "amount_due": due,
+                "balance": balance,
+                "amount": None,
+                "lang": lang,
+                "visibility": cmd.visibility,
+            }
         )
         outcomes.append(outcome)
         orders_out.append(i)
@@ -285,14 +282,11 @@ def hold_expiry(until: datetime, now: datetime) -> datetime:
 
 
 def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
-    # The instance dict filled directly, as `Outcome.of` does (the generated `__init__` of a
-    # frozen dataclass sets each field through `object.__setattr__`); duplicates, ignores and
+    # `Outcome.from_fields`, not the frozen dataclass's `__init__`: duplicates, ignores and
     # rejects are a sixth of a storm. Field names are still checked.
     if fields and not _OPTIONAL.issuperset(fields):
         raise TypeError(f"not fields of an outcome: {sorted(fields.keys() - _OPTIONAL)}")
-    outcome = _new(Outcome)
-    values = outcome.__dict__
-    values.update(_DEFAULTS)
+    values = dict(_DEFAULTS)
     values.update(
         kind=kind,
         platform=cmd.platform,
@@ -304,7 +298,7 @@ def _outcome(cmd: Command, kind: Any, **fields: Any) -> Outcome:
         visibility=cmd.visibility,
     )
     values.update(fields)
-    return outcome
+    return Outcome.from_fields(values)
 
 
 def outcome_for(cmd: Command, kind: Any, **fields: Any) -> Outcome:
