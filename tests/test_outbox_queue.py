@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fake_connectors import SendOnlyConnector
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -17,9 +18,7 @@ from bot.replies import load_templates
 from bot.tables import outbox_messages
 from config.database import session_factory
 from config.loader import load_brand
-from connectors.base import Connector, OutgoingMessage, Sink
-from connectors.pacing import Pacer
-from connectors.post import Signal
+from connectors.base import OutgoingMessage
 from orders.outcomes import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,27 +42,14 @@ def outcome(kind: str, post_id: str = "1001", **kw: object) -> Outcome:
     return Outcome(kind=kind, post_id=post_id, **fields)  # type: ignore[arg-type]
 
 
-class RecordingConnector(Connector):
+class RecordingConnector(SendOnlyConnector):
     """Takes every message the sender hands it, instantly, and keeps them."""
 
     platform = "mastodon"
 
     def __init__(self) -> None:
-        self.account_key = "demo:mastodon"
-        self.pacer = Pacer(FixedClock())
+        super().__init__("demo:mastodon", FixedClock())
         self.sent: list[OutgoingMessage] = []
-
-    def initialize(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
-        return [], cursor
-
-    def stream(self, sink: Sink) -> None:
-        pass
 
     def send(self, message: OutgoingMessage) -> str:
         self.sent.append(message)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from fake_connectors import SendOnlyConnector
 from mastodon_mock.config import (
     DatabaseConfig,
     MastodonMockConfig,
@@ -31,10 +32,9 @@ from bot.outbox import Composer, Sender, queue
 from bot.tables import outbox_messages
 from config.database import create_engine, session_factory
 from config.loader import load_brand
-from connectors.base import Connector, OutgoingMessage, Sink, Transient
+from connectors.base import OutgoingMessage, Transient
 from connectors.mastodon import MastodonConnector
-from connectors.pacing import FakeClock, Pacer
-from connectors.post import Signal
+from connectors.pacing import FakeClock
 from orders.outcomes import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,29 +195,16 @@ def test_most_urgent_first_then_retry_transient_and_fail_rejected(
     assert len(bot_statuses(server)) == 7
 
 
-class RecordingConnector(Connector):
+class RecordingConnector(SendOnlyConnector):
     """Counts sends per idempotency key; fails now and then, as a flaky network would."""
 
     platform = "x"
 
     def __init__(self, clock: FakeClock) -> None:
-        self.account_key = "demo:x"
-        self.pacer = Pacer(clock)
+        super().__init__("demo:x", clock)
         self.sent: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._calls = 0
-
-    def initialize(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def poll(self, cursor: str | None) -> tuple[list[Signal], str | None]:
-        return [], cursor
-
-    def stream(self, sink: Sink) -> None:
-        pass
 
     def send(self, message: OutgoingMessage) -> str:
         with self._lock:
