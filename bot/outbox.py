@@ -38,13 +38,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import links as buyer_links
 from bot.replies import Links, render, text_hash, uses_personal_link
-from bot.tables import outbox_messages
+from bot.tables import outbox_bundles, outbox_messages
 from config.brand import Brand
 from config.database import is_postgres
 from config.settings import get_settings
@@ -145,24 +146,45 @@ _QUEUE_COLUMNS = (
 )
 
 
+# A bundled reply: its message row without the bundle's own columns (account, priority), with
+# its facts as a nested array. Append new fields at the end only, as for `FACT_FIELDS`.
+BUNDLE_FIELDS = (
+    "idempotency_key",
+    "platform",
+    "kind",
+    "buyer",
+    "handle",
+    "recipient_id",
+    "in_reply_to",
+    "visibility",
+    "campaign_id",
+    "reservation_id",
+    "facts",
+)
+# A batch's replies of one priority for one account go as one bundle from this many on; fewer
+# go as rows straight away (a bundle saves nothing on a handful).
+BUNDLE_MIN = 32
+
+
+def _facts(o: Outcome) -> tuple[Any, ...]:
+    return (
+        o.sku,
+        o.quantity,
+        o.state,
+        o.reason,
+        o.queue_position,
+        o.hold_expires_at,
+        o.amount_due,
+        o.balance,
+        o.amount,
+        o.lang,
+        o.visibility,
+    )
+
+
 def encode_facts(outcome: Outcome) -> str:
     """What the reply to `outcome` will say, as one compact JSON array (`FACT_FIELDS`)."""
-    o = outcome
-    return orjson.dumps(
-        (
-            o.sku,
-            o.quantity,
-            o.state,
-            o.reason,
-            o.queue_position,
-            o.hold_expires_at,
-            o.amount_due,
-            o.balance,
-            o.amount,
-            o.lang,
-            o.visibility,
-        )
-    ).decode()
+    return orjson.dumps(_facts(outcome)).decode()
 
 
 def decode_facts(facts: str) -> dict[str, Any]:
@@ -181,16 +203,19 @@ def queue(
     *,
     brand: Brand,
     now: datetime,
+    bundle_min: int = BUNDLE_MIN,
 ) -> int:
     """Queue the replies `outcomes` call for, in the caller's transaction (no commit).
 
     A reply is queued as its outcome's facts; its text is written when a sender claims it
-    (`Composer`), so a storm's replies cost one narrow row each, and a buyer's link is signed
-    only for a message that goes out. Returns how many new messages were queued (an outcome
-    queued before is skipped).
+    (`Composer`), so a buyer's link is signed only for a message that goes out. Replies of one
+    priority for one account go as one `outbox_bundles` row when there are `bundle_min` or more
+    of them (a storm's batch), else as one `outbox_messages` row each; a sender opens a bundle
+    when it comes first (`open_bundle`). Returns how many replies were queued: an outcome whose
+    reply was queued before is skipped, or, in a bundle, dropped when the bundle is opened.
     """
     accounts = {p: account_key(brand.brand.id, p) for p in SENDABLE_PLATFORMS}
-    rows: list[tuple[Any, ...]] = []
+    groups: defaultdict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
     for o in outcomes:
         priority = PRIORITY.get(o.kind)
@@ -201,13 +226,11 @@ def queue(
         if (account, key) in seen:
             continue
         seen.add((account, key))
-        rows.append(
+        groups[account, priority].append(
             (
-                account,
                 key,
                 o.platform,
                 o.kind,
-                priority,
                 o.buyer,
                 o.handle,
                 o.buyer.partition(":")[2] or None,
@@ -215,17 +238,58 @@ def queue(
                 visibility_for(o),
                 o.campaign_id,
                 o.reservation_id,
-                encode_facts(o),
+                _facts(o),
             )
         )
+    rows: list[tuple[Any, ...]] = []
+    bundles: list[tuple[str, int, int, str]] = []
+    bundled = 0
+    for (account, priority), replies in groups.items():
+        if len(replies) >= bundle_min:
+            bundles.append((account, priority, len(replies), orjson.dumps(replies).decode()))
+            bundled += len(replies)
+        else:
+            rows.extend(_message_row(account, priority, reply) for reply in replies)
+    if bundles:
+        insert_rows(
+            session,
+            outbox_bundles,
+            ("account", "priority", "size", "replies"),
+            bundles,
+            constants={"due_at": now, "created_at": now},
+        )
+    return bundled + _insert_messages(session, rows, due_at=now, created_at=now)
+
+
+def _message_row(account: str, priority: int, reply: Sequence[Any]) -> tuple[Any, ...]:
+    """An `outbox_messages` row (`_QUEUE_COLUMNS`) of a reply in `BUNDLE_FIELDS` order."""
+    key, platform, kind, *rest, facts = reply
+    encoded = facts if isinstance(facts, str) else orjson.dumps(facts).decode()
+    return (account, key, platform, kind, priority, *rest, encoded)
+
+
+def _insert_messages(
+    session: Session, rows: Sequence[tuple[Any, ...]], *, due_at: datetime, created_at: datetime
+) -> int:
     return insert_rows(
         session,
         outbox_messages,
         _QUEUE_COLUMNS,
         rows,
-        constants={"state": "queued", "attempts": 0, "due_at": now, "created_at": now},
+        constants={"state": "queued", "attempts": 0, "due_at": due_at, "created_at": created_at},
         skip_conflicts_on=("account", "idempotency_key"),
     )
+
+
+def open_bundle(session: Session, bundle: Any) -> int:
+    """Turn a bundle (a row of `outbox_bundles` with all its columns) into its messages, in the
+    caller's transaction, and delete it. Returns how many messages were queued: a reply queued
+    before (same account and idempotency key) is dropped."""
+    replies = orjson.loads(bundle.replies)
+    rows = [_message_row(bundle.account, bundle.priority, reply) for reply in replies]
+    queued = _insert_messages(session, rows, due_at=bundle.due_at, created_at=bundle.created_at)
+    session.execute(delete(outbox_bundles).where(outbox_bundles.c.id == bundle.id))
+    return queued
 
 
 # -- writing a reply when it is claimed ----------------------------------------------------------
@@ -328,7 +392,7 @@ class Composer:
 # -- sending -------------------------------------------------------------------------------------
 
 SendResult = Literal["sent", "retry", "failed", "rate_limited"]
-_ClaimResult = Literal["claimed", "none", "lost", "skipped"]
+_ClaimResult = Literal["claimed", "none", "lost", "skipped", "opened"]
 
 
 def _written_error(exc: Exception) -> str:
@@ -388,7 +452,9 @@ class Sender:
             result, claim = self._try_claim()
             if result == "lost":
                 races += 1
-            elif result != "skipped":  # a message that could not be written is failed: next
+            elif result not in ("skipped", "opened"):
+                # Skipped: a message that could not be written was failed. Opened: a bundle's
+                # replies came first and are messages now. Either way, claim the next.
                 return claim
         return None
 
@@ -399,6 +465,9 @@ class Sender:
         t = outbox_messages.c
         columns = (
             t.id,
+            t.state,
+            t.priority,
+            t.due_at,
             t.attempts,
             t.account,
             t.platform,
@@ -431,6 +500,12 @@ class Sender:
                 ).first()
                 if row is not None:
                     break
+            if row is None or row.state == "queued":
+                bundle = self._bundle_before(session, row, now)
+                if bundle is not None:
+                    # Its replies come first: open it, and claim again from the messages.
+                    open_bundle(session, bundle)
+                    return "opened", None
             if row is None:
                 return "none", None
             written = Written(row.text, row.text_hash, row.lang, row.visibility)
@@ -481,6 +556,23 @@ class Sender:
             lang=written.lang,
         )
         return "claimed", _Claim(id=row.id, attempts=row.attempts + 1, message=message)
+
+    def _bundle_before(self, session: Session, row: Any, now: datetime) -> Row[Any] | None:
+        """The account's most urgent due bundle, if it comes before the queued `row` (None:
+        no queued message) in (priority, due_at) order; locked, skipping those another sender
+        is opening."""
+        b = outbox_bundles.c
+        query = select(outbox_bundles).where(b.account == self.account, b.due_at <= now)
+        if row is not None:
+            query = query.where(
+                or_(
+                    b.priority < row.priority,
+                    and_(b.priority == row.priority, b.due_at < row.due_at),
+                )
+            )
+        return session.execute(
+            query.order_by(b.priority, b.due_at, b.id).limit(1).with_for_update(skip_locked=True)
+        ).first()
 
     def _finish(self, claim: _Claim, **values: Any) -> None:
         t = outbox_messages.c
@@ -609,6 +701,18 @@ def queue_status(session: Session, *, now: datetime) -> list[AccountQueue]:
             oldest[account] = due if current is None or (due and due < current) else current
         else:
             counts[account][state] += n
+    b = outbox_bundles.c
+    for account, priority, n, first_due in session.execute(
+        select(b.account, b.priority, func.sum(b.size), func.min(b.due_at)).group_by(
+            b.account, b.priority
+        )
+    ):
+        # Replies in unopened bundles are queued too (a reply already queued before may still
+        # be dropped when its bundle is opened).
+        depth[account][priority] = depth[account].get(priority, 0) + int(n)
+        due = _aware(first_due)
+        current = oldest.get(account)
+        oldest[account] = due if current is None or (due and due < current) else current
     hour_ago = now - timedelta(hours=1)
     for account, n in session.execute(
         select(t.account, func.count())

@@ -6,6 +6,11 @@
   claim by (account, state, priority, due_at), which one index serves. A reply is queued as the
   facts of its outcome (`facts`) and written (`text`, `text_hash`, `lang`) when a sender claims
   it; a public post is queued already written.
+- `outbox_bundles`: many replies of one priority, queued by one batch as one row (`replies`, a
+  JSON array of message rows). A storm's batch owes a reply to nearly every post; one row per
+  priority instead of one per reply keeps that off the posts' transaction. A sender opens a
+  bundle (its replies become `outbox_messages` rows, the bundle is deleted, in one transaction)
+  when the bundle comes first in (priority, due_at) order, so the sending order is the same.
 - `connector_cursors`: per platform account, the position after the last applied signal. It is
   written in the same transaction as the engine's apply, never before.
 """
@@ -91,6 +96,27 @@ Index(
     outbox_messages.c.text_hash,
     postgresql_where=text("text_hash IS NOT NULL"),
     sqlite_where=text("text_hash IS NOT NULL"),
+)
+
+outbox_bundles = Table(
+    "outbox_bundles",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account", String(120), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("size", Integer, nullable=False),
+    # One JSON array per reply, in `bot.outbox.BUNDLE_FIELDS` order.
+    Column("replies", Text, nullable=False),
+    CheckConstraint("size > 0", name="size_positive"),
+)
+Index(
+    "ix_outbox_bundles_claim",
+    outbox_bundles.c.account,
+    outbox_bundles.c.priority,
+    outbox_bundles.c.due_at,
+    outbox_bundles.c.id,
 )
 
 connector_cursors = Table(
