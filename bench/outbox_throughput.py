@@ -1,14 +1,16 @@
 """Outbox throughput: queueing replies in the pipeline's transaction, and claiming them to send.
 
     .venv/bin/python bench/outbox_throughput.py [--db URL] [--batches 20] [--batch 500]
-        [--senders 4]
+        [--senders 4] [--rows]
 
 1. `queue`: batches of engine outcomes (a flash-sale mix: half confirmed, a quarter waitlisted,
-   a fifth payment-needed, the rest rejected) become outbox rows, one transaction per batch, as
-   the pipeline does it. Reported per outcome in CPU time of this process.
-2. Senders: `--senders` threads claim, "send" (a connector that answers at once) and record
-   every queued message, so the figure is the database's claim/record cost, the ceiling the
-   outbox adds on top of the platforms' own limits (Mastodon: 300 statuses per 3 h).
+   a fifth payment-needed, the rest rejected) are queued, one transaction per batch, as the
+   pipeline does it: a bundle per priority (`--rows`: one outbox row per reply, as batches
+   under `BUNDLE_MIN` are). Reported per outcome in CPU time of this process.
+2. Senders: `--senders` threads open the bundles, claim, "send" (a connector that answers at
+   once) and record every queued message, so the figure is the database's claim/record cost,
+   the ceiling the outbox adds on top of the platforms' own limits (Mastodon: 300 statuses per
+   3 h).
 
 Prints one JSON object. The default database is a fresh SQLite file in a temporary directory;
 pass a PostgreSQL URL (an empty database) to measure `FOR UPDATE SKIP LOCKED` claiming.
@@ -25,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.links import LinkSigner
-from bot.outbox import Composer, Sender, queue
+from bot.outbox import BUNDLE_MIN, Composer, Sender, queue
 from bot.schema import all_metadata
 from config.database import create_engine, session_factory
 from config.loader import load_brand
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--rows", action="store_true", help="queue one row per reply")
     args = parser.parse_args()
     url = args.db or f"sqlite:///{tempfile.mkdtemp()}/outbox.db"
     engine = (
@@ -112,6 +115,7 @@ def main() -> None:
                 outcomes(args.batch, b * args.batch, now),
                 brand=brand,
                 now=now,
+                bundle_min=args.batch + 1 if args.rows else BUNDLE_MIN,
             )
     queued = args.batches * args.batch
     queue_cpu, queue_wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -132,6 +136,7 @@ def main() -> None:
     report = {
         "database": engine.dialect.name,
         "queued": queued,
+        "queued_as": "rows" if args.rows else "bundles",
         "queue_outcomes_per_cpu_second": round(queued / queue_cpu),
         "queue_outcomes_per_wall_second": round(queued / queue_wall),
         "senders": args.senders,
