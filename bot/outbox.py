@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 import orjson
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -251,12 +251,21 @@ def queue(
         else:
             rows.extend(_message_row(account, priority, reply) for reply in replies)
     if bundles:
-        insert_rows(
-            session,
-            outbox_bundles,
-            ("account", "priority", "size", "replies"),
-            bundles,
-            constants={"due_at": now, "created_at": now},
+        # Plain parameters: a bundle is one long text, which a JSON array of rows would escape
+        # and the server parse again.
+        session.execute(
+            insert(outbox_bundles),
+            [
+                {
+                    "account": account,
+                    "priority": priority,
+                    "size": size,
+                    "replies": replies_json,
+                    "due_at": now,
+                    "created_at": now,
+                }
+                for account, priority, size, replies_json in bundles
+            ],
         )
     return bundled + _insert_messages(session, rows, due_at=now, created_at=now)
 
