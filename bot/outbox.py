@@ -14,7 +14,13 @@ sent for a change that rolled back, and never lost for one that committed. Each 
 - the outcome's facts (`encode_facts`), not yet a text. At flash-sale scale most replies wait
   hours for the platform's posting budget, so a reply is written (`Composer`: template,
   language, freshly signed links, never a text the buyer already got) only when a sender claims
-  it, and queueing a storm's replies costs one narrow row each.
+  it.
+
+A storm's batch owes a reply to nearly every post, and a row per reply (three index entries) was
+a third of the batch's time. So replies of one priority for one account go as one
+`outbox_bundles` row when a batch has `BUNDLE_MIN` or more of them; a sender opens a bundle (its
+replies become rows, the bundle is deleted, in one transaction) when it comes first in
+(priority, due_at) order, so what goes out, and in which order, is the same.
 
 Sending (`Sender`) is one loop per platform account, and several may run at once: each claims the
 most urgent due message (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer makes the
