@@ -60,6 +60,8 @@ def text_hash(text: str) -> str:
 
 
 def money(amount: int | None, campaign: Campaign | None) -> str:
+    """Minor units as the buyer reads them, in replies and on the web pages alike, without
+    floats: 199900 -> "CNY 1,999.00"."""
     if amount is None:
         return "—"
     currency = campaign.currency if campaign else ""

@@ -45,6 +45,7 @@ from bot.links import (
     signer_for,
     status_url,
 )
+from bot.replies import money
 from config.brand import Brand, Campaign
 from config.settings import Settings
 from orders import queue
@@ -120,16 +121,6 @@ def _page(title: str, body: str, status: int = 200, lang: str = "en") -> HTMLRes
     return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def money(amount: int, campaign: Campaign) -> str:
-    """Minor units as a decimal amount with its currency, without floats: 199900 -> 1999.00 CNY."""
-    digits = campaign.minor_digits
-    sign = "-" if amount < 0 else ""
-    whole, part = divmod(abs(amount), 10**digits)
-    return (
-        f"{sign}{whole}.{part:0{digits}d} {campaign.currency}"
-        if digits
-        else f"{sign}{whole} {campaign.currency}"
-    )
 
 
 def _when(at: datetime | None, campaign: Campaign) -> str:
@@ -199,7 +190,10 @@ def _link(site: Site, token: str, purpose: Purpose) -> tuple[Any, Brand, Campaig
 
 def _major(amount: int, campaign: Campaign) -> str:
     """Minor units as the plain decimal a buyer types: 29900 -> "299.00"."""
-    return money(amount, campaign).rsplit(" ", 1)[0]
+    digits = campaign.minor_digits
+    sign = "-" if amount < 0 else ""
+    whole, part = divmod(abs(amount), 10**digits)
+    return f"{sign}{whole}.{part:0{digits}d}" if digits else f"{sign}{whole}"
 
 
 def parse_major(text: str, campaign: Campaign) -> int | None:

@@ -26,9 +26,9 @@ def test_status_page_shows_holds_queue_positions_and_balance(shop: Shop) -> None
 
     page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}")
     assert page.status_code == 200
-    assert "Awaiting payment" in page.text and "299.00 USD" in page.text
+    assert "Awaiting payment" in page.text and "USD 299.00" in page.text
     assert held.hold_expires_at.strftime("%Y-%m-%d %H:%M:%S") in page.text
-    assert "Balance" in page.text and "0.00 USD" in page.text
+    assert "Balance" in page.text and "USD 0.00" in page.text
     assert 'name="viewport"' in page.text
     assert "/topup/" in page.text  # what is due can be paid from the page
 
@@ -44,7 +44,7 @@ def test_status_page_follows_a_top_up(shop: Shop) -> None:
     session = shop.paid_checkout("mastodon:1", 5000)
     shop.deliver(shop.fake.event("checkout.session.completed", session))
     page = shop.http.get(f"/me/{shop.token('mastodon:1', purpose='me')}", params={"paid": "1"}).text
-    assert "Confirmed" in page and "40.00 USD" in page and "Thank you" in page
+    assert "Confirmed" in page and "USD 40.00" in page and "Thank you" in page
 
 
 def test_everything_shown_is_escaped(shop: Shop) -> None:
