@@ -11,15 +11,16 @@ queue instead of deadlocking. Counter changes are accumulated in memory and writ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from config.database import is_postgres
-from orders.bulk import insert_rows
+from orders.bulk import insert_rows, time_encoder
 from orders.campaigns import CampaignRules, read_rules
 from orders.outcomes import Outcome
 from orders.tables import transitions
@@ -117,6 +118,11 @@ class Book:
     # Outcomes as emitted, and for each the batch index of the command it answers.
     outcomes: list[Outcome] = field(default_factory=list)
     orders: list[int] = field(default_factory=list)
+    # Times as the rows of this transaction write them (`orders.bulk.time_encoder`).
+    encode_time: Callable[[datetime | None], Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encode_time = time_encoder(self.session)
 
     @classmethod
     def open(cls, session: Session, campaign_ids: Iterable[str], now: datetime) -> Book:

@@ -22,26 +22,41 @@ from sqlalchemy.orm import Session
 from config.database import is_postgres
 
 
-@lru_cache(maxsize=8192)
-def sqlite_time(value: datetime) -> str:
-    """A UTC datetime as SQLAlchemy stores it in SQLite (naive ISO text, microseconds)."""
+def _sqlite_text(value: datetime) -> str:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.isoformat(" ", "microseconds")[:26]
+
+
+@lru_cache(maxsize=8192)
+def sqlite_time(value: datetime) -> str:
+    """A UTC datetime as SQLAlchemy stores it in SQLite (naive ISO text, microseconds)."""
+    return _sqlite_text(value)
 
 
 def _same(value: Any) -> Any:
     return value
 
 
-def _sqlite_time_or_none(value: datetime | None) -> str | None:
-    return None if value is None else sqlite_time(value)
+class _SqliteTimes(dict[datetime | None, str | None]):
+    """SQLite's text (`sqlite_time`) of each time asked for, encoded on first use."""
+
+    def __init__(self) -> None:
+        super().__init__({None: None})
+
+    def __missing__(self, value: datetime) -> str:
+        encoded = self[value] = _sqlite_text(value)
+        return encoded
 
 
 def time_encoder(session: Session) -> Callable[[datetime | None], Any]:
     """How row values of time columns are written: as they are on PostgreSQL, as SQLite's
-    text on SQLite. Rows built with it go to `insert_rows(..., encoded=True)`."""
-    return _same if is_postgres(session) else _sqlite_time_or_none
+    text on SQLite. Rows built with it go to `insert_rows(..., encoded=True)`.
+
+    Each encoder remembers what it encoded: the rows of a batch share their times (a post's
+    time is on its post row and on each of its reservation parts; holds of a campaign lapse
+    together), and a remembered time costs one dict lookup, without a Python call."""
+    return _same if is_postgres(session) else _SqliteTimes().__getitem__
 
 
 def matching(
@@ -272,7 +287,7 @@ def insert_new(
     found = session.connection().exec_driver_sql(
         f"SELECT j.key FROM json_each(?) AS j JOIN {table.name} AS t ON {same}", (payload,)
     )
-    positions = {n for (n,) in found}
+    positions = {n for (n,) in found.all()}
     if positions:
         rows = [row for n, row in enumerate(rows) if n not in positions]
     insert_rows(session, table, columns, rows, constants=constants, encoded=True)

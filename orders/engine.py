@@ -29,7 +29,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from orders.book import Book
-from orders.bulk import insert_new, matching, time_encoder, update_rows
+from orders.bulk import insert_new, matching, update_rows
 from orders.commands import Command
 from orders.lifecycle import (
     cancel,
@@ -172,7 +172,7 @@ def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[
     if not items:
         return []
     session = book.session
-    encode = time_encoder(session)
+    encode = book.encode_time
     columns: tuple[str, ...] = POST_COLUMNS
     rows: list[tuple[Any, ...]] = [
         (

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from config.database import is_postgres
 from orders.book import Book
-from orders.bulk import insert_rows, next_ids, time_encoder
+from orders.bulk import insert_rows, next_ids
 from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge
@@ -99,7 +99,8 @@ def units_reserved(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[
         rows = session.execute(
             _UNITS_SQLITE, {"buyers": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
         )
-    return {(c, b): int(n) for c, b, n in rows}
+    # Fetched at once: iterating the result would fetch its rows one by one.
+    return {(c, b): int(n) for c, b, n in rows.all()}
 
 
 def place_orders(
@@ -200,7 +201,7 @@ def place_orders(
     rows: list[tuple[Any, ...]] = []
     orders_out: list[int] = []
     outcomes: list[Outcome] = []
-    encode = time_encoder(session)
+    encode = book.encode_time
     now_text = encode(now)
     for (i, cmd, part, sku, units, state, reason, ticket, position, price), id_ in zip(
         plans, ids, strict=True
