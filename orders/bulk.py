@@ -15,8 +15,21 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Select, Table, Text, bindparam, cast, func, select, text, true
+from sqlalchemy import (
+    DateTime,
+    Select,
+    Table,
+    Text,
+    TextClause,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from config.database import is_postgres
@@ -84,30 +97,53 @@ def matching(
     return stmt.where(column.in_(select(each.c.value)))
 
 
-def _jsonb_rows(
-    session: Session,
-    table: Table,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    constants: Mapping[str, Any],
-) -> tuple[str, dict[str, Any]]:
-    """A `SELECT` of `rows` unpacked server-side from one JSONB array of arrays.
+@lru_cache(maxsize=64)
+def _jsonb_select(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], constants: tuple[str, ...]
+) -> str:
+    """A `SELECT` of rows unpacked server-side from one JSONB array of arrays (`:rows`).
 
     orjson encodes a batch in C and PostgreSQL parses it once: far cheaper than adapting one
     Python list per column (psycopg dumps array elements one by one in Python). Values that are
-    the same for every row (`constants`) are bound once instead of travelling in every row.
+    the same for every row (`constants`) are bound once (`:k_<name>`, see `_jsonb_params`)
+    instead of travelling in every row. The text depends only on the table and the names, so
+    it is written once, not per batch.
     """
-    dialect = session.get_bind().dialect
+    fields = _jsonb_fields(dialect, table, columns, constants)
+    return f"SELECT {fields} FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e"
+
+
+def _jsonb_params(rows_json: str, constants: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a `_jsonb_select`: the rows as one JSON text, each constant once."""
+    params: dict[str, Any] = {f"k_{name}": value for name, value in constants.items()}
+    params["rows"] = rows_json
+    return params
+
+
+def _jsonb_fields(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], constants: tuple[str, ...]
+) -> str:
+    """`columns` cast from the JSON array `e`, then `constants` cast from `:k_<name>`."""
 
     def type_of(name: str) -> str:
         return str(table.c[name].type.compile(dialect=dialect))
 
     fields = [f"CAST(e->>{i} AS {type_of(name)}) AS {name}" for i, name in enumerate(columns)]
     fields += [f"CAST(:k_{name} AS {type_of(name)}) AS {name}" for name in constants]
-    sql = f"SELECT {', '.join(fields)} FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e"
-    params: dict[str, Any] = {f"k_{name}": value for name, value in constants.items()}
-    params["rows"] = orjson.dumps(rows).decode()
-    return sql, params
+    return ", ".join(fields)
+
+
+@lru_cache(maxsize=64)
+def _jsonb_insert(
+    dialect: Dialect,
+    table: Table,
+    columns: tuple[str, ...],
+    constants: tuple[str, ...],
+    conflict: str,
+) -> TextClause:
+    select_rows = _jsonb_select(dialect, table, columns, constants)
+    names = ", ".join([*columns, *constants])
+    return text(f"INSERT INTO {table.name} ({names}) {select_rows}{conflict}")
 
 
 def _is_time(type_: Any) -> bool:
@@ -160,10 +196,10 @@ def insert_rows(
         f" ON CONFLICT ({', '.join(skip_conflicts_on)}) DO NOTHING" if skip_conflicts_on else ""
     )
     if is_postgres(session):
-        select_rows, params = _jsonb_rows(session, table, columns, rows, constants)
-        result = session.execute(
-            text(f"INSERT INTO {table.name} ({names}) {select_rows}{conflict}"), params
+        statement = _jsonb_insert(
+            session.get_bind().dialect, table, tuple(columns), tuple(constants), conflict
         )
+        result = session.execute(statement, _jsonb_params(orjson.dumps(rows).decode(), constants))
         return int(result.rowcount)  # type: ignore[attr-defined]
     marks = ", ".join("?" for _ in range(len(columns) + len(constants)))
     fixed = tuple(sqlite_time(v) if isinstance(v, datetime) else v for v in constants.values())
@@ -194,7 +230,9 @@ def update_rows(
     if not rows:
         return
     if is_postgres(session):
-        select_rows, params = _jsonb_rows(session, table, [*key, *columns], rows, {})
+        dialect = session.get_bind().dialect
+        select_rows = _jsonb_select(dialect, table, (*key, *columns), ())
+        params = _jsonb_params(orjson.dumps(rows).decode(), {})
         sets = ", ".join(f"{c} = v.{c}" for c in columns)
         match = " AND ".join(f"{table.name}.{k} = v.{k}" for k in key)
         sql = f"UPDATE {table.name} SET {sets} FROM ({select_rows}) AS v WHERE {match}"
@@ -261,27 +299,10 @@ def insert_new(
         raise ValueError(f"the key {key} must be the first columns of {columns}")
     payload = orjson.dumps(rows).decode()
     if is_postgres(session):
-        dialect = session.get_bind().dialect
-
-        def type_of(name: str) -> str:
-            return str(table.c[name].type.compile(dialect=dialect))
-
-        names = [*columns, *constants]
-        fields = [f"CAST(e->>{i} AS {type_of(name)}) AS {name}" for i, name in enumerate(columns)]
-        fields += [f"CAST(:k_{name} AS {type_of(name)}) AS {name}" for name in constants]
-        same = " AND ".join(f"ins.{k} = src.{k}" for k in key)
-        sql = (
-            f"WITH src AS MATERIALIZED (SELECT n, {', '.join(fields)} "
-            "FROM jsonb_array_elements(CAST(:rows AS JSONB)) WITH ORDINALITY AS t(e, n)), "
-            f"ins AS (INSERT INTO {table.name} ({', '.join(names)}) "
-            f"SELECT {', '.join(names)} FROM src ORDER BY n "
-            f"ON CONFLICT ({', '.join(key)}) DO NOTHING RETURNING {', '.join(key)}) "
-            "SELECT CAST(json_agg(src.n - 1) AS TEXT) FROM src "
-            f"WHERE NOT EXISTS (SELECT FROM ins WHERE {same})"
+        statement = _insert_new_statement(
+            session.get_bind().dialect, table, tuple(columns), tuple(constants), tuple(key)
         )
-        params: dict[str, Any] = {f"k_{name}": value for name, value in constants.items()}
-        params["rows"] = payload
-        skipped = session.execute(text(sql), params).scalar_one()
+        skipped = session.execute(statement, _jsonb_params(payload, constants)).scalar_one()
         return set(orjson.loads(skipped)) if skipped else set()
     same = " AND ".join(f"t.{k} = json_extract(j.value, '$[{n}]')" for n, k in enumerate(key))
     found = session.connection().exec_driver_sql(
@@ -292,3 +313,25 @@ def insert_new(
         rows = [row for n, row in enumerate(rows) if n not in positions]
     insert_rows(session, table, columns, rows, constants=constants, encoded=True)
     return positions
+
+
+@lru_cache(maxsize=16)
+def _insert_new_statement(
+    dialect: Dialect,
+    table: Table,
+    columns: tuple[str, ...],
+    constants: tuple[str, ...],
+    key: tuple[str, ...],
+) -> TextClause:
+    """`insert_new`'s statement on PostgreSQL (see there), written once per table and columns."""
+    names = ", ".join([*columns, *constants])
+    same = " AND ".join(f"ins.{k} = src.{k}" for k in key)
+    return text(
+        f"WITH src AS MATERIALIZED (SELECT n, {_jsonb_fields(dialect, table, columns, constants)} "
+        "FROM jsonb_array_elements(CAST(:rows AS JSONB)) WITH ORDINALITY AS t(e, n)), "
+        f"ins AS (INSERT INTO {table.name} ({names}) "
+        f"SELECT {names} FROM src ORDER BY n "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING RETURNING {', '.join(key)}) "
+        "SELECT CAST(json_agg(src.n - 1) AS TEXT) FROM src "
+        f"WHERE NOT EXISTS (SELECT FROM ins WHERE {same})"
+    )
