@@ -270,7 +270,11 @@ def next_ids(session: Session, table: Table, count: int) -> list[int]:
         ).scalar_one()
         ids: list[int] = orjson.loads(drawn)
         return ids
-    top = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    top = (
+        session.connection()
+        .exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table.name}")
+        .scalar_one()
+    )
     return list(range(top + 1, top + 1 + count))
 
 

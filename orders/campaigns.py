@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from config.brand import Brand
@@ -117,20 +117,23 @@ def load_campaigns(
     session.flush()
 
 
+# `read_rules`'s queries, built once: every batch of the engine reads the rules of its campaigns.
+_PRICES = select(products.c.campaign_id, products.c.sku, products.c.price).where(
+    products.c.campaign_id.in_(bindparam("ids", expanding=True))
+)
+_CAMPAIGNS = select(campaigns).where(campaigns.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def read_rules(session: Session, campaign_ids: Iterable[str]) -> dict[str, CampaignRules]:
     """The rules of these campaigns (unknown ids are absent), in two queries."""
     ids = sorted(set(campaign_ids))
     if not ids:
         return {}
     prices: dict[str, dict[str, int]] = {cid: {} for cid in ids}
-    for row in session.execute(
-        select(products.c.campaign_id, products.c.sku, products.c.price).where(
-            products.c.campaign_id.in_(ids)
-        )
-    ):
+    for row in session.execute(_PRICES, {"ids": ids}):
         prices[row.campaign_id][row.sku] = row.price
     rules: dict[str, CampaignRules] = {}
-    for row in session.execute(select(campaigns).where(campaigns.c.id.in_(ids))):
+    for row in session.execute(_CAMPAIGNS, {"ids": ids}):
         rules[row.id] = CampaignRules(
             id=row.id,
             currency=row.currency,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import FromClause, Subquery, func, select
+from sqlalchemy import FromClause, Select, Subquery, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from orders.tables import reservations
@@ -69,6 +69,12 @@ def positions(session: Session, reservation_ids: Iterable[int]) -> dict[int, int
     ids = sorted(set(reservation_ids))
     if not ids:
         return {}
+    rows = session.execute(_POSITIONS, {"ids": ids}).all()
+    return {int(id_): int(position) for id_, position in rows}
+
+
+def _positions_query() -> Select[int, Any]:
+    """`positions`' query, for the reservation ids bound as `ids`."""
     w = reservations.alias("w")
     r = reservations.alias("r")
     same_queue = (r.c.campaign_id == w.c.campaign_id, r.c.sku == w.c.sku)
@@ -92,9 +98,10 @@ def positions(session: Session, reservation_ids: Iterable[int]) -> dict[int, int
         )
         .scalar_subquery()
     )
-    rows = session.execute(
-        select(w.c.id, w.c.queue_ticket - left_below + waiting_split).where(
-            w.c.id.in_(ids), w.c.state == "waitlisted"
-        )
+    return select(w.c.id, w.c.queue_ticket - left_below + waiting_split).where(
+        w.c.id.in_(bindparam("ids", expanding=True)), w.c.state == "waitlisted"
     )
-    return {int(id_): int(position) for id_, position in rows}
+
+
+# Built once: status replies ask for positions in most batches of a storm.
+_POSITIONS = _positions_query()
