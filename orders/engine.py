@@ -24,10 +24,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from config.database import is_postgres
 from orders.book import Book
 from orders.bulk import insert_new, matching, update_rows
 from orders.commands import Command
@@ -421,29 +423,13 @@ def _answer(book: Book, items: list[Indexed]) -> None:
     status = [(i, c) for i, c in items if c.decision.decision == "status"]
     mine: dict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
     if status:
-        found = session.execute(
-            matching(
-                session,
-                select(
-                    reservations.c.id,
-                    reservations.c.campaign_id,
-                    reservations.c.buyer,
-                    reservations.c.sku,
-                    reservations.c.quantity,
-                    reservations.c.state,
-                    reservations.c.posted_at,
-                    reservations.c.part,
-                    reservations.c.hold_expires_at,
-                    reservations.c.amount,
-                ).where(
-                    reservations.c.campaign_id.in_(sorted({c.campaign_id for _, c in status})),
-                    reservations.c.state.in_(LIVE_STATES),
-                ),
-                reservations.c.buyer,
-                sorted({c.buyer for _, c in status}),
-            )
+        found = _live_parts(
+            session,
+            sorted({c.campaign_id for _, c in status}),
+            sorted({c.buyer for _, c in status}),
         )
-        for row in sorted(found, key=lambda r: (r.posted_at, r.part)):
+        # Ties broken by id, the order of the (campaign_id, buyer) index the query reads.
+        for row in sorted(found, key=lambda r: (r.posted_at, r.part, r.id)):
             mine[(row.campaign_id, row.buyer)].append(row)
     # The one reservation each status reply is about: unpaid, then waiting, then paid.
     rank = {"awaiting_payment": 0, "waitlisted": 1, "confirmed": 2}
@@ -481,3 +467,45 @@ def _answer(book: Book, items: list[Indexed]) -> None:
             )
         else:
             book.emit(outcome_for(cmd, "ignored", reason="unknown_command"), i)
+
+
+# What a status reply may be about: the live reservations of some buyers in some campaigns.
+# Fixed text (the keys travel as JSON arrays, see `orders.bulk.matching` for the PostgreSQL
+# plan), so SQLAlchemy compiles it once; typed columns read times as `UtcDateTime`.
+_PART_COLUMNS = (
+    "id",
+    "campaign_id",
+    "buyer",
+    "sku",
+    "quantity",
+    "state",
+    "posted_at",
+    "part",
+    "hold_expires_at",
+    "amount",
+)
+_LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)
+_PARTS = ", ".join(_PART_COLUMNS)
+_LIVE_PARTS_POSTGRES = text(
+    f"SELECT {_PARTS} FROM jsonb_array_elements_text(CAST(:buyers AS JSONB)) AS k(value) "
+    f"JOIN LATERAL (SELECT {_PARTS} FROM order_reservations "
+    "WHERE campaign_id = ANY(CAST(:campaigns AS VARCHAR[])) "
+    f"AND state IN ({_LIVE}) AND buyer = k.value OFFSET 0) AS r ON true"
+).columns(*(reservations.c[name] for name in _PART_COLUMNS))
+_LIVE_PARTS_SQLITE = text(
+    f"SELECT {_PARTS} FROM order_reservations "
+    "WHERE campaign_id IN (SELECT value FROM json_each(:campaigns)) "
+    f"AND state IN ({_LIVE}) AND buyer IN (SELECT value FROM json_each(:buyers))"
+).columns(*(reservations.c[name] for name in _PART_COLUMNS))
+
+
+def _live_parts(session: Session, campaign_ids: list[str], buyers: list[str]) -> Sequence[Row[Any]]:
+    """The live reservations of these buyers in these campaigns, in one query."""
+    keys = orjson.dumps(buyers).decode()
+    if is_postgres(session):
+        return session.execute(
+            _LIVE_PARTS_POSTGRES, {"buyers": keys, "campaigns": campaign_ids}
+        ).all()
+    return session.execute(
+        _LIVE_PARTS_SQLITE, {"buyers": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
+    ).all()
