@@ -121,8 +121,6 @@ def _page(title: str, body: str, status: int = 200, lang: str = "en") -> HTMLRes
     return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-
-
 def _when(at: datetime | None, campaign: Campaign) -> str:
     if at is None:
         return ""
