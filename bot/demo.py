@@ -48,7 +48,7 @@ from bot.commands.run_cmd import prepare_schema
 from bot.demo_fans import Crowd, DemoStripe, Fan, plan_crowd
 from bot.demo_mock import MockAccount, MockMastodon, free_port
 from bot.schema import all_metadata
-from bot.tables import outbox_messages
+from bot.tables import outbox_bundles, outbox_messages
 from bot.worker import Worker
 from config.brand import Brand
 from config.database import create_engine, session_factory
@@ -124,6 +124,14 @@ def snapshot(sessions: sessionmaker[Session], worker: Worker, crowd: Crowd | Non
                 select(outbox_messages.c.state, func.count()).group_by(outbox_messages.c.state)
             ).all()
         )
+        # Replies still in bundles are queued too.
+        bundled = session.scalar(
+            select(func.coalesce(func.sum(outbox_bundles.c.size), 0)).where(
+                outbox_bundles.c.error.is_(None)
+            )
+        )
+        if bundled:
+            outbox["queued"] = outbox.get("queued", 0) + int(bundled)
         lapsed = session.scalar(
             select(func.count()).select_from(transitions).where(transitions.c.to_state == "expired")
         )

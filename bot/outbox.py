@@ -11,7 +11,7 @@ sent for a change that rolled back, and never lost for one that committed. Each 
 - a visibility no more public than the post it answers (and at most `unlisted`, so a flash sale
   does not flood public timelines). Anything carrying one of the buyer's links (status page or
   top-up: bearer tokens) goes only by direct message; public replies carry no token;
-- the outcome's facts (`encode_facts`), not yet a text. At flash-sale scale most replies wait
+- the outcome's facts (`facts_of`), not yet a text. At flash-sale scale most replies wait
   hours for the platform's posting budget, so a reply is written (`Composer`: template,
   language, freshly signed links, never a text the buyer already got) only when a sender claims
   it.
@@ -20,7 +20,8 @@ A storm's batch owes a reply to nearly every post, and a row per reply (three in
 a third of the batch's time. So replies of one priority for one account go as one
 `outbox_bundles` row when a batch has `BUNDLE_MIN` or more of them; a sender opens a bundle (its
 replies become rows, the bundle is deleted, in one transaction) when it comes first in
-(priority, due_at) order, so what goes out, and in which order, is the same.
+(priority, due_at) order, so replies go out in the same order of urgency. A bundle that cannot
+be opened is set aside with the reason and holds up nothing else.
 
 Sending (`Sender`) is one loop per platform account, and several may run at once: each claims the
 most urgent due message (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer makes the
@@ -46,7 +47,7 @@ from typing import Any, Literal, cast
 import orjson
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import links as buyer_links
@@ -120,8 +121,8 @@ def visibility_for(outcome: Outcome) -> str:
 # -- queueing ------------------------------------------------------------------------------------
 
 # The fields of an outcome a reply needs besides the message's own columns, in the order
-# `encode_facts` writes them. Append new fields at the end only: rows already queued are read
-# by position, and a missing trailing field reads as None.
+# `facts_of` lists them. Append new fields at the end only: rows already queued are read by
+# position, and a missing trailing field reads as None.
 FACT_FIELDS = (
     "sku",
     "quantity",
@@ -135,25 +136,10 @@ FACT_FIELDS = (
     "lang",
     "visibility",
 )
-_QUEUE_COLUMNS = (
-    "account",
-    "idempotency_key",
-    "platform",
-    "kind",
-    "priority",
-    "buyer",
-    "handle",
-    "recipient_id",
-    "in_reply_to",
-    "visibility",
-    "campaign_id",
-    "reservation_id",
-    "facts",
-)
-
-
-# A bundled reply: its message row without the bundle's own columns (account, priority), with
-# its facts as a nested array. Append new fields at the end only, as for `FACT_FIELDS`.
+# A queued reply as `queue` builds it: its message columns other than the account and priority
+# (which a bundle holds once for all its replies), then its facts. In a bundle the facts stay a
+# nested array; in a message row they are a JSON text. Append new fields before `facts` only
+# together with a migration: bundles already queued are read by position.
 BUNDLE_FIELDS = (
     "idempotency_key",
     "platform",
@@ -167,12 +153,15 @@ BUNDLE_FIELDS = (
     "reservation_id",
     "facts",
 )
+_FACTS_AT = BUNDLE_FIELDS.index("facts")
+_QUEUE_COLUMNS = ("account", "priority", *BUNDLE_FIELDS)
 # A batch's replies of one priority for one account go as one bundle from this many on; fewer
 # go as rows straight away (a bundle saves nothing on a handful).
 BUNDLE_MIN = 32
 
 
-def _facts(o: Outcome) -> tuple[Any, ...]:
+def facts_of(o: Outcome) -> tuple[Any, ...]:
+    """What the reply to `o` will say (`FACT_FIELDS`)."""
     return (
         o.sku,
         o.quantity,
@@ -186,11 +175,6 @@ def _facts(o: Outcome) -> tuple[Any, ...]:
         o.lang,
         o.visibility,
     )
-
-
-def encode_facts(outcome: Outcome) -> str:
-    """What the reply to `outcome` will say, as one compact JSON array (`FACT_FIELDS`)."""
-    return orjson.dumps(_facts(outcome)).decode()
 
 
 def decode_facts(facts: str) -> dict[str, Any]:
@@ -244,7 +228,7 @@ def queue(
                 visibility_for(o),
                 o.campaign_id,
                 o.reservation_id,
-                _facts(o),
+                facts_of(o),
             )
         )
     rows: list[tuple[Any, ...]] = []
@@ -278,9 +262,7 @@ def queue(
 
 def _message_row(account: str, priority: int, reply: Sequence[Any]) -> tuple[Any, ...]:
     """An `outbox_messages` row (`_QUEUE_COLUMNS`) of a reply in `BUNDLE_FIELDS` order."""
-    key, platform, kind, *rest, facts = reply
-    encoded = facts if isinstance(facts, str) else orjson.dumps(facts).decode()
-    return (account, key, platform, kind, priority, *rest, encoded)
+    return (account, priority, *reply[:_FACTS_AT], orjson.dumps(reply[_FACTS_AT]).decode())
 
 
 def _insert_messages(
@@ -296,7 +278,7 @@ def _insert_messages(
     )
 
 
-def open_bundle(session: Session, bundle: Any) -> int:
+def open_bundle(session: Session, bundle: Row[Any]) -> int:
     """Turn a bundle (a row of `outbox_bundles` with all its columns) into its messages, in the
     caller's transaction, and delete it. Returns how many messages were queued: a reply queued
     before (same account and idempotency key) is dropped."""
@@ -504,7 +486,7 @@ class Sender:
             # Two index walks on (account, state, priority, due_at, id) rather than one OR that
             # would scan every queued row: first a message whose sender died (its lease lapsed;
             # there are at most as many `sending` rows as senders), then the most urgent due one.
-            row = None
+            row: Any = None
             for state, due in (("sending", t.lease_until < now), ("queued", t.due_at <= now)):
                 row = session.execute(
                     select(*columns)
@@ -515,12 +497,10 @@ class Sender:
                 ).first()
                 if row is not None:
                     break
-            if row is None or row.state == "queued":
-                bundle = self._bundle_before(session, row, now)
-                if bundle is not None:
-                    # Its replies come first: open it, and claim again from the messages.
-                    open_bundle(session, bundle)
-                    return "opened", None
+            if (row is None or row.state == "queued") and self._open_bundle_before(
+                session, row, now
+            ):
+                return "opened", None  # its replies come first: claim again from the messages
             if row is None:
                 return "none", None
             written = Written(row.text, row.text_hash, row.lang, row.visibility)
@@ -572,12 +552,14 @@ class Sender:
         )
         return "claimed", _Claim(id=row.id, attempts=row.attempts + 1, message=message)
 
-    def _bundle_before(self, session: Session, row: Any, now: datetime) -> Row[Any] | None:
-        """The account's most urgent due bundle, if it comes before the queued `row` (None:
-        no queued message) in (priority, due_at) order; locked, skipping those another sender
-        is opening."""
+    def _open_bundle_before(self, session: Session, row: Any, now: datetime) -> bool:
+        """Open the account's most urgent due bundle if it comes before the queued `row` (None:
+        no queued message) in (priority, due_at) order. True when the messages must be read
+        again: a bundle was opened (or set aside, failed), or another sender was opening one."""
         b = outbox_bundles.c
-        query = select(outbox_bundles).where(b.account == self.account, b.due_at <= now)
+        query = select(outbox_bundles).where(
+            b.account == self.account, b.due_at <= now, b.error.is_(None)
+        )
         if row is not None:
             query = query.where(
                 or_(
@@ -585,9 +567,29 @@ class Sender:
                     and_(b.priority == row.priority, b.due_at < row.due_at),
                 )
             )
-        return session.execute(
-            query.order_by(b.priority, b.due_at, b.id).limit(1).with_for_update(skip_locked=True)
-        ).first()
+        query = query.order_by(b.priority, b.due_at, b.id).limit(1)
+        bundle = session.execute(query.with_for_update(skip_locked=True)).first()
+        if bundle is None:
+            if not is_postgres(session) or session.execute(query).first() is None:
+                return False
+            # Another sender is opening a bundle that comes first: wait for it rather than send
+            # a less urgent reply meanwhile. Once it commits the bundle is gone (None here).
+            bundle = session.execute(query.with_for_update()).first()
+            if bundle is None:
+                return True
+        try:
+            with session.begin_nested():
+                open_bundle(session, bundle)
+        except (DataError, IntegrityError, LookupError, TypeError, ValueError) as exc:
+            # Replies that cannot become messages must not hold up the rest of the queue: the
+            # bundle keeps them, with the reason (`flashtag outbox status` counts them failed).
+            log.error("%s bundle %s cannot be opened: %s", self.account, bundle.id, exc)
+            session.execute(
+                update(outbox_bundles)
+                .where(b.id == bundle.id)
+                .values(error=f"cannot be opened: {type(exc).__name__}: {exc}"[:500])
+            )
+        return True
 
     def _finish(self, claim: _Claim, **values: Any) -> None:
         t = outbox_messages.c
@@ -701,33 +703,37 @@ class AccountQueue:
 
 def queue_status(session: Session, *, now: datetime) -> list[AccountQueue]:
     t = outbox_messages.c
+    b = outbox_bundles.c
     depth: defaultdict[str, dict[int, int]] = defaultdict(dict)
     counts: defaultdict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    oldest: dict[str, datetime | None] = {}
+    oldest: dict[str, datetime] = {}
+
+    def waiting(account: str, priority: int, n: int, first_due: Any) -> None:
+        depth[account][priority] = depth[account].get(priority, 0) + n
+        due = _aware(first_due)
+        if due is not None and (account not in oldest or due < oldest[account]):
+            oldest[account] = due
+
     for account, priority, state, n, first_due in session.execute(
         select(t.account, t.priority, t.state, func.count(), func.min(t.due_at))
         .where(t.state != "sent")
         .group_by(t.account, t.priority, t.state)
     ):
         if state == "queued":
-            depth[account][priority] = depth[account].get(priority, 0) + n
-            due = _aware(first_due)
-            current = oldest.get(account)
-            oldest[account] = due if current is None or (due and due < current) else current
+            waiting(account, priority, n, first_due)
         else:
             counts[account][state] += n
-    b = outbox_bundles.c
-    for account, priority, n, first_due in session.execute(
-        select(b.account, b.priority, func.sum(b.size), func.min(b.due_at)).group_by(
-            b.account, b.priority
-        )
+    # Replies in bundles wait like queued messages (one queued before may still be dropped when
+    # its bundle is opened); those of a bundle that could not be opened count as failed.
+    for account, priority, failed, n, first_due in session.execute(
+        select(
+            b.account, b.priority, b.error.is_not(None), func.sum(b.size), func.min(b.due_at)
+        ).group_by(b.account, b.priority, b.error.is_not(None))
     ):
-        # Replies in unopened bundles are queued too (a reply already queued before may still
-        # be dropped when its bundle is opened).
-        depth[account][priority] = depth[account].get(priority, 0) + int(n)
-        due = _aware(first_due)
-        current = oldest.get(account)
-        oldest[account] = due if current is None or (due and due < current) else current
+        if failed:
+            counts[account]["failed"] += int(n)
+        else:
+            waiting(account, priority, int(n), first_due)
     hour_ago = now - timedelta(hours=1)
     for account, n in session.execute(
         select(t.account, func.count())

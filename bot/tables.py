@@ -10,7 +10,8 @@
   JSON array of message rows). A storm's batch owes a reply to nearly every post; one row per
   priority instead of one per reply keeps that off the posts' transaction. A sender opens a
   bundle (its replies become `outbox_messages` rows, the bundle is deleted, in one transaction)
-  when the bundle comes first in (priority, due_at) order, so the sending order is the same.
+  when the bundle comes first in (priority, due_at) order, so the sending order is the same. A
+  bundle that cannot be opened keeps its replies and says why (`error`).
 - `connector_cursors`: per platform account, the position after the last applied signal. It is
   written in the same transaction as the engine's apply, never before.
 """
@@ -57,7 +58,7 @@ outbox_messages = Table(
     # Written when claimed for sending (replies) or when queued (public posts).
     Column("text", Text),
     Column("text_hash", String(64)),
-    # A reply's outcome, as `bot.outbox.encode_facts` writes it, until its text is written.
+    # A reply's outcome (`bot.outbox.FACT_FIELDS`, a JSON array) until its text is written.
     Column("facts", Text),
     Column("campaign_id", String(100)),
     Column("reservation_id", BigInteger),
@@ -109,6 +110,8 @@ outbox_bundles = Table(
     Column("size", Integer, nullable=False),
     # One JSON array per reply, in `bot.outbox.BUNDLE_FIELDS` order.
     Column("replies", Text, nullable=False),
+    # Why the bundle could not be opened (its replies are then kept here, not sent).
+    Column("error", Text),
     CheckConstraint("size > 0", name="size_positive"),
 )
 Index(

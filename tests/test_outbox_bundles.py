@@ -6,16 +6,27 @@ compares against the same replies queued one row each.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from alembic import command
 from fake_connectors import SendOnlyConnector
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from bot.links import LinkSigner
-from bot.outbox import BUNDLE_MIN, Composer, Sender, decode_facts, queue, queue_status
+from bot.outbox import (
+    BUNDLE_MIN,
+    PRIORITY,
+    Composer,
+    Sender,
+    decode_facts,
+    open_bundle,
+    queue,
+    queue_status,
+)
 from bot.schema import alembic_config, upgrade
 from bot.tables import outbox_bundles, outbox_messages
 from config.database import create_engine, session_factory
@@ -150,12 +161,14 @@ def test_a_bundle_waits_for_more_urgent_replies_queued_after_it(engine: Engine) 
     assert kinds == ["payment_needed"] + ["waitlisted"] * len(waitlisted)
 
 
-def test_a_bundle_is_not_opened_before_it_is_due(engine: Engine) -> None:
+def test_a_bundle_is_opened_when_it_is_due_and_not_before(engine: Engine) -> None:
     queue_at(engine, storm_batch(0, 100), NOW + timedelta(minutes=5), 1)
     clock = Clock()
     assert send_all(engine, clock) == []
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(outbox_messages)) == 0
+    clock.at = NOW + timedelta(minutes=5)
+    assert len(send_all(engine, clock)) == 100
 
 
 def test_a_batch_bundled_twice_goes_out_once(engine: Engine) -> None:
@@ -171,30 +184,96 @@ def test_a_batch_bundled_twice_goes_out_once(engine: Engine) -> None:
 
 
 def test_the_queue_status_counts_bundled_replies(engine: Engine) -> None:
-    queue_at(engine, storm_batch(0, 100), NOW, BUNDLE_MIN)
+    queue_at(engine, storm_batch(0, 100), NOW - timedelta(minutes=1), BUNDLE_MIN)
+    queue_at(engine, storm_batch(100, 20), NOW, NEVER)
     with session_factory(engine)() as session:
         (account,) = queue_status(session, now=NOW)
-    assert account.depth == {0: 10, 1: 10, 3: 65, 4: 10, 5: 5}
-    assert account.oldest_due == NOW
+    # 65 waitlisted replies went as a bundle a minute ago; the rest are rows.
+    assert account.depth == {0: 12, 1: 12, 3: 78, 4: 12, 5: 6}
+    assert account.oldest_due == NOW - timedelta(minutes=1)
+    assert account.failed == 0
 
 
-def test_going_back_below_the_bundles_migration_keeps_every_reply(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'down.db'}"
-    upgrade(url)
-    engine = create_engine(url)
-    queue_at(engine, storm_batch(0, 100), NOW, 1)
-    command.downgrade(alembic_config(url), "0003")
+def test_a_bundle_that_cannot_be_opened_holds_up_nothing_else(engine: Engine) -> None:
+    queue_at(engine, [o for o in storm_batch(0, 100) if o.kind == "waitlisted"], NOW, 1)
+    queue_at(engine, storm_batch(100, 20), NOW + timedelta(seconds=1), NEVER)
+    with engine.begin() as conn:  # a reply no message row can hold
+        conn.execute(outbox_bundles.update().values(replies='[["1:waitlisted", "mastodon"]]'))
+    clock = Clock()
+    clock.at = NOW + timedelta(seconds=2)
+    sent = send_all(engine, clock)
+    assert len(sent) == 20
+    with engine.connect() as conn:
+        (error,) = conn.execute(select(outbox_bundles.c.error)).scalars()
+    assert error and "cannot be opened" in error
+    with session_factory(engine)() as session:
+        (account,) = queue_status(session, now=clock.at)
+    assert account.failed == 65 and account.total == 0
+
+
+def test_a_sender_waits_for_a_more_urgent_bundle_another_is_opening(pg_url: str) -> None:
+    engine = create_engine(pg_url, pool_size=4)
+    queue_at(engine, [o for o in storm_batch(0, 60) if o.kind == "waitlisted"][:5], NOW, NEVER)
+    winners = [o for o in storm_batch(0, 400) if o.kind == "payment_needed"]
+    queue_at(engine, winners, NOW + timedelta(seconds=1), 1)
+    clock = Clock()
+    clock.at = NOW + timedelta(seconds=2)
+    connector = Recording(clock)
+    composer = Composer([BRAND], public_url="https://shop.example", signer=SIGNER)
+    sender = Sender(session_factory(engine), connector, composer=composer, clock=clock)
+    factory = session_factory(engine)
+    with factory.begin() as other:  # another sender, in the middle of opening the bundle
+        bundle = other.execute(select(outbox_bundles).with_for_update()).one()
+        waiting = threading.Thread(target=sender.send_one)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive(), "the sender did not wait for the bundle"
+        assert connector.sent == [], "a less urgent reply went out first"
+        open_bundle(other, bundle)
+    waiting.join(timeout=30)
+    sender.drain()
+    engine.dispose()
+    kinds = [m.idempotency_key.rsplit(":", 1)[1] for m in connector.sent]
+    assert kinds == ["payment_needed"] * len(winners) + ["waitlisted"] * 5
+
+
+def test_going_back_below_the_bundles_migration_keeps_every_reply(empty_url: str) -> None:
+    upgrade(empty_url)
+    engine = create_engine(empty_url)
+    batch = storm_batch(0, 100)
+    queue_at(engine, batch[:3], NOW - timedelta(minutes=1), NEVER)  # already messages
+    queue_at(engine, batch, NOW, 1)
+    command.downgrade(alembic_config(empty_url), "0003")
     with engine.connect() as conn:
         rows = conn.execute(select(outbox_messages).order_by(outbox_messages.c.id)).all()
     assert len(rows) == 100
     assert {r.state for r in rows} == {"queued"}
     assert {r.idempotency_key for r in rows} == {
-        f"{o.reservation_id or o.post_id}:{o.kind}" for o in storm_batch(0, 100)
+        f"{o.reservation_id or o.post_id}:{o.kind}" for o in batch
     }
-    first = next(r for r in rows if r.kind == "payment_needed")
-    assert decode_facts(first.facts)["hold_expires_at"] == NOW + timedelta(minutes=15)
-    upgrade(url)
+    due = {r.idempotency_key: r.due_at for r in rows}
+    assert due[f"{batch[0].reservation_id}:waitlisted"] == NOW - timedelta(minutes=1)
+    assert due[f"{batch[50].reservation_id}:waitlisted"] == NOW
+    assert {r.kind: r.priority for r in rows} == {k: PRIORITY[k] for k in {o.kind for o in batch}}
+    winner = next(r for r in rows if r.kind == "payment_needed")
+    assert decode_facts(winner.facts)["hold_expires_at"] == NOW + timedelta(minutes=15)
+    assert decode_facts(winner.facts)["amount_due"] == 29900
+    upgrade(empty_url)
     clock = Clock()
     clock.at = NOW + timedelta(seconds=1)
     assert len(send_all(engine, clock)) == 100
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no tables yet, for migrations."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'migrated.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

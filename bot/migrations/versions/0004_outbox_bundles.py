@@ -15,6 +15,7 @@ import json
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql, sqlite
 
 from config.sqltypes import UtcDateTime
 
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("replies", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
         sa.CheckConstraint("size > 0", name=op.f("ck_outbox_bundles_size_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_bundles")),
     )
@@ -65,7 +67,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Replies still in bundles become messages first (as a sender would open them), so that
-    # going back loses none.
+    # going back loses none; a reply already queued as a message keeps that message.
     bind = op.get_bind()
     bundles = sa.table(
         "outbox_bundles",
@@ -82,19 +84,11 @@ def downgrade() -> None:
         sa.column("due_at", UtcDateTime()),
         sa.column("created_at", UtcDateTime()),
     )
-    queued = {
-        (account, key)
-        for account, key in bind.execute(
-            sa.text("SELECT account, idempotency_key FROM outbox_messages")
-        )
-    }
+    dialect = postgresql if bind.dialect.name == "postgresql" else sqlite
     for bundle in bind.execute(sa.select(bundles).order_by(bundles.c.id)).all():
         rows = []
         for reply in json.loads(bundle.replies):
-            values = dict(zip(_FIELDS, reply, strict=True))
-            if (bundle.account, values["idempotency_key"]) in queued:
-                continue
-            queued.add((bundle.account, values["idempotency_key"]))
+            values = dict(zip(_FIELDS, reply[: len(_FIELDS)], strict=True))
             values["facts"] = json.dumps(values["facts"], ensure_ascii=False, separators=(",", ":"))
             rows.append(
                 {
@@ -108,7 +102,12 @@ def downgrade() -> None:
                 }
             )
         if rows:
-            bind.execute(messages.insert(), rows)
+            bind.execute(
+                dialect.insert(messages).on_conflict_do_nothing(
+                    index_elements=["account", "idempotency_key"]
+                ),
+                rows,
+            )
     with op.batch_alter_table("outbox_bundles", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_bundles_claim")
     op.drop_table("outbox_bundles")
