@@ -1,4 +1,8 @@
-"""Connector cursors, stored per platform account in the caller's transaction.
+"""Connector cursors, stored per account feed in the caller's transaction.
+
+A key is `bot.pipeline.Source.cursor_key`: `brand:platform` for an account's mentions, and
+`brand:platform#tag` for its campaign hashtag's feed, so the two positions never overwrite
+each other.
 
 `save` only ever flushes: the pipeline calls it in the transaction that applies the batch the
 cursor came from, so the cursor and the batch's effects commit together or not at all.
@@ -20,6 +24,12 @@ def load(session: Session, account_key: str) -> str | None:
     return session.execute(
         select(connector_cursors.c.cursor).where(connector_cursors.c.account_key == account_key)
     ).scalar_one_or_none()
+
+
+def load_all(session: Session) -> dict[str, str]:
+    """Every saved position, by key (one row per account feed: a small table)."""
+    rows = session.execute(select(connector_cursors.c.account_key, connector_cursors.c.cursor))
+    return {key: cursor for key, cursor in rows}
 
 
 def save(session: Session, account_key: str, cursor: str, *, at: datetime | None = None) -> None:

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors, outbox
 from config.brand import Brand, Campaign
+from connectors.base import Sink
 from connectors.pacing import Clock, SystemClock
 from connectors.post import Deletion, Post, Signal
 from orders import engine
@@ -59,11 +60,13 @@ class Source:
 
     brand_id: str
     platform: str
+    feed: str = ""  # connectors.base.MENTIONS, or a hashtag feed such as "#demophone"
 
     @property
     def cursor_key(self) -> str:
-        """The key `bot.cursors` stores this account's position under."""
-        return f"{self.brand_id}:{self.platform}"
+        """The key `bot.cursors` stores this feed's position under (`demo:mastodon` for the
+        account's mentions, `demo:mastodon#demophone` for its hashtag feed)."""
+        return f"{self.brand_id}:{self.platform}{self.feed}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +260,15 @@ class Pipeline:
         while `max_queued` signals wait, until the consumer catches up."""
         self._queue.put(Envelope(signal, source, cursor))
 
-    def sink(self, source: Source) -> Callable[[Signal, str | None], None]:
-        """A callable a connector can push `(signal, cursor)` into for `source`."""
+    def sink(self, source: Source) -> Sink:
+        """A callable a connector can push `(signal, cursor, feed)` into for `source`."""
+        feeds = {source.feed: source}
 
-        def _sink(signal: Signal, cursor: str | None = None) -> None:
-            self.submit(signal, source, cursor)
+        def _sink(signal: Signal, cursor: str | None = None, feed: str = source.feed, /) -> None:
+            fed = feeds.get(feed)
+            if fed is None:
+                fed = feeds.setdefault(feed, replace(source, feed=feed))
+            self.submit(signal, fed, cursor)
 
         return _sink
 

@@ -2,7 +2,8 @@
 
 One worker serves every platform account named in the brand files:
 
-- each account gets a connector that streams (backfilling from its saved cursor first) into the
+- each account gets a connector that streams (backfilling from its saved cursors first: its
+  mentions, and its campaign hashtag's feed when the brand file streams the hashtag) into the
   one `bot.pipeline.Pipeline`, whose single consumer thread commits batch after batch;
 - each account gets an outbox sender that delivers the replies those batches queued.
 
@@ -20,7 +21,8 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from types import FrameType
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import cursors
 from bot.outbox import Composer, Sender
 from bot.pipeline import BatchReport, Pipeline, Source
-from config.brand import Brand
-from connectors.base import AuthFailed, Connector
+from config.brand import Brand, normalize_hashtag
+from connectors.base import AuthFailed, Connector, hashtag_feed
 from connectors.mastodon import MastodonConnector
 from connectors.pacing import Clock, SystemClock
 from connectors.twitter import connector_for_account
@@ -49,37 +51,54 @@ def _token(name: str) -> str:
     return value
 
 
+def hashtag_opening(brand: Brand, hashtag: str) -> datetime:
+    """When the first of the brand's campaigns on `hashtag` opens: where a hashtag feed with no
+    saved cursor starts, so posts made after the sale opened are never lost, and posts made
+    before it are not answered."""
+    tag = normalize_hashtag(hashtag)
+    return min(c.opens_at for c in brand.campaigns if c.tag == tag)
+
+
 def connectors_for(
     brand: Brand, *, clock: Clock, initial: dict[str, str | None]
 ) -> list[Connector]:
-    """The connectors for every account of `brand` (no I/O: `initialize()` opens them)."""
+    """The connectors for every account of `brand` (no I/O: `initialize()` opens them).
+
+    `initial` holds the saved cursors by key (`bot.cursors.load_all`); the campaign hashtag is
+    the first campaign's.
+    """
     found: list[Connector] = []
+    hashtag = brand.campaigns[0].hashtag
+    since = hashtag_opening(brand, hashtag)
     mastodon = brand.accounts.mastodon
     if mastodon is not None and mastodon.stream:
-        key = Source(brand.brand.id, "mastodon").cursor_key
-        hashtag = None
-        if mastodon.hashtag_stream:
-            hashtag = brand.campaigns[0].hashtag
+        source = Source(brand.brand.id, "mastodon")
+        tagged = replace(source, feed=hashtag_feed(hashtag)) if mastodon.hashtag_stream else None
         found.append(
             MastodonConnector(
-                account_key=key,
+                account_key=source.cursor_key,
                 base_url=mastodon.base_url,
                 access_token=_token(mastodon.token_env),
-                hashtag=hashtag,
+                hashtag=hashtag if tagged is not None else None,
                 clock=clock,
-                initial_cursor=initial.get(key),
+                initial_cursor=initial.get(source.cursor_key),
+                initial_hashtag_cursor=initial.get(tagged.cursor_key) if tagged else None,
+                hashtag_since=since,
             )
         )
     x = brand.accounts.x
     if x is not None:
-        key = Source(brand.brand.id, "x").cursor_key
+        source = Source(brand.brand.id, "x")
+        tagged = replace(source, feed=hashtag_feed(hashtag)) if x.filtered_stream else None
         found.append(
             connector_for_account(
                 x,
-                account_key=key,
+                account_key=source.cursor_key,
                 clock=clock,
-                initial_cursor=initial.get(key),
-                hashtag=brand.campaigns[0].hashtag if x.filtered_stream else None,
+                initial_cursor=initial.get(source.cursor_key),
+                hashtag=hashtag if tagged is not None else None,
+                initial_hashtag_cursor=initial.get(tagged.cursor_key) if tagged else None,
+                hashtag_since=since,
             )
         )
     return found
@@ -160,13 +179,9 @@ class Worker:
         """Load campaigns, open every account, and start streaming, committing and sending."""
         with self._sessions() as session, session.begin():
             load_campaigns(session, self.brands, now=self._clock.now())
+        initial: dict[str, str | None] = {}
         with self._sessions() as session:
-            keys = [
-                Source(b.brand.id, platform).cursor_key
-                for b in self.brands
-                for platform in ("mastodon", "x")
-            ]
-            initial = {key: cursors.load(session, key) for key in keys}
+            initial.update(cursors.load_all(session))
         for brand in self.brands:
             for connector in self._factory(brand, self._clock, initial):
                 source = Source(brand.brand.id, connector.platform)

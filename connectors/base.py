@@ -12,19 +12,44 @@ exceptions in exactly one place, `classify()`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
+from config.brand import normalize_hashtag
 from connectors.pacing import Pacer, parse_reset
 from connectors.post import PlatformName, Signal, Visibility
 
-Sink = Callable[[Signal, "str | None"], None]
-"""Receives one signal and the cursor to save once it is applied (None = cursor unchanged).
+MENTIONS = ""
+"""The feed name of an account's own feed: the posts that mention it (its main cursor)."""
 
-Signals arrive in cursor order; a caller may batch them and save the last cursor of a batch.
-"""
+
+def hashtag_feed(hashtag: str) -> str:
+    """The feed name of a campaign hashtag's posts: `#` and the tag as Mastodon normalises it."""
+    return "#" + normalize_hashtag(hashtag.removeprefix("#"))
+
+
+class Sink(Protocol):
+    """Receives one signal and the cursor to save once it is applied (None = cursor unchanged).
+
+    `feed` says which of the account's cursors `cursor` is: `MENTIONS` (the account's own, the
+    default) or a `hashtag_feed(...)`, each saved under its own key so that one never
+    overwrites the other. Within a feed, signals arrive in cursor order; a caller may batch them
+    and save each feed's last cursor of a batch.
+    """
+
+    def __call__(self, signal: Signal, cursor: str | None, feed: str = MENTIONS, /) -> None: ...
+
+
+def hand_over(sink: Sink, signal: Signal, cursor: str | None, feed: str) -> None:
+    """Call `sink`, naming the feed only when it is not `MENTIONS`, so a sink that takes just
+    `(signal, cursor)` keeps working for an account that reads no hashtag feed."""
+    if feed == MENTIONS:
+        sink(signal, cursor)
+    else:
+        sink(signal, cursor, feed)
+
 
 DEFAULT_RETRY_SECONDS = 60.0
 

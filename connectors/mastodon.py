@@ -10,8 +10,24 @@ How nothing is lost and nothing is replayed:
 - Every mention is handed to the sink with the notification id as its cursor. The caller saves
   the cursor in the transaction that applies the post, so after a restart the backfill starts
   exactly after the last applied mention.
+- With a campaign hashtag (`hashtag_stream = true`), the hashtag stream runs beside it the same
+  way: once it opens, `timeline_hashtag(tag, min_id=cursor)` is walked page by page, oldest
+  first, before any streamed status. The hashtag is a feed of its own: each status goes to the
+  sink with its status id as the cursor of feed `#tag` (`connectors.base.hashtag_feed`), which
+  the caller saves under its own key, so the mention and hashtag cursors never overwrite each
+  other. Live hashtag statuses move that cursor too (status ids only grow, compared with
+  `id_order`). Without a saved hashtag cursor (a first start), the walk starts right after the
+  newest status made before `hashtag_since`, the campaign's opening: posts made after the sale
+  opened while nothing listened are delivered, older ones are not. Without `hashtag_since`, it
+  starts at the time of that first backfill.
 - Ids seen since start are remembered (status ids and notification ids), so a mention that is
-  both in a backfill page and on the stream, or on the hashtag stream too, is delivered once.
+  both in a backfill page and on the stream, or on the hashtag feed too, is delivered once in a
+  process. A status the other feed already delivered moves its feed's cursor only here, so after
+  a restart it may be offered again; the engine's unique (platform, post id) drops it.
+- Limits: a status a server fetched after the fact (not pushed to it in real time) gets an id
+  from its publication time, which can fall below the hashtag cursor, so the backfill misses it
+  (live, the stream still delivers it). Deletions and edits made while nothing listened are not
+  backfilled on either feed: the API has no feed of them.
 
 Edits (`status.update`) become `Post`s with `edited_at`, deletes become `Deletion`s with the id
 kept as a string, and notifications whose status is null (deleted since) are skipped. Requests
@@ -24,7 +40,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +50,7 @@ from mastodon import Mastodon
 from mastodon.streaming import StreamListener
 
 from connectors.base import (
+    MENTIONS,
     AuthFailed,
     Connector,
     ConnectorError,
@@ -41,16 +58,23 @@ from connectors.base import (
     RateLimited,
     Sink,
     classify,
+    hand_over,
+    hashtag_feed,
     id_order,
 )
-from connectors.mastodon_payload import PayloadError, post_from_notification, post_from_status
+from connectors.mastodon_payload import (
+    PayloadError,
+    parse_time,
+    post_from_notification,
+    post_from_status,
+)
 from connectors.pacing import Clock, Pacer, SystemClock, mastodon_window
 from connectors.post import Deletion, Post, Signal
 from connectors.sse import iter_events
 
 log = logging.getLogger(__name__)
 
-PAGE_LIMIT = 40  # Mastodon's maximum for notifications
+PAGE_LIMIT = 40  # Mastodon's maximum for notifications and timelines
 SEEN_MEMORY = 50_000
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 EDIT_EVENTS = ("status.update", "status_update")  # Mastodon's name; mastodon-mock's name
@@ -63,6 +87,20 @@ def newer(a: str | None, b: str | None) -> str | None:
     if b is None:
         return a
     return a if id_order(a) >= id_order(b) else b
+
+
+@dataclass
+class _Feed:
+    """One feed of the account and how far it was handed to the sink.
+
+    `name` is the feed the sink saves the cursor under; `mark` prefixes the positions remembered
+    as seen: notification ids (`n:`) for mentions, status ids (`s:`) for a hashtag, so a status
+    met on both feeds is delivered once.
+    """
+
+    name: str
+    cursor: str | None
+    mark: str
 
 
 class _Stopped(Exception):  # noqa: N818 - control flow, not an error
@@ -144,11 +182,20 @@ class MastodonConnector(Connector):
         request_timeout: float = 30.0,
         reconnect_backoff: tuple[float, ...] = RECONNECT_BACKOFF,
         initial_cursor: str | None = None,
+        initial_hashtag_cursor: str | None = None,
+        hashtag_since: datetime | None = None,
     ) -> None:
         self.account_key = account_key
         self._base_url = base_url.rstrip("/")
         self._token = access_token
         self._hashtag = hashtag.removeprefix("#") if hashtag else None
+        self._hashtag_since = hashtag_since
+        self._mentions = _Feed(MENTIONS, initial_cursor, "n:")
+        self._tagged = (
+            _Feed(hashtag_feed(self._hashtag), initial_hashtag_cursor, "s:")
+            if self._hashtag
+            else None
+        )
         self._clock: Clock = clock or SystemClock()
         # Mastodon limits posting statuses apart from reading (300 per 3 h vs 300 per 5 min), and
         # each response's headers describe the limit that applied to it: one window each.
@@ -157,7 +204,6 @@ class MastodonConnector(Connector):
         self._stream_timeout = stream_timeout
         self._request_timeout = request_timeout
         self._backoff = reconnect_backoff
-        self._cursor = initial_cursor
         self._api: Mastodon | None = None
         self._tap = _ResponseTap()
         self._stopping = threading.Event()
@@ -204,7 +250,17 @@ class MastodonConnector(Connector):
     @property
     def cursor(self) -> str | None:
         """The newest notification id handed to the sink so far."""
-        return self._cursor
+        return self._mentions.cursor
+
+    @property
+    def hashtag_feed(self) -> str | None:
+        """The feed name the hashtag's cursors are handed to the sink under (None: no hashtag)."""
+        return self._tagged.name if self._tagged is not None else None
+
+    @property
+    def hashtag_cursor(self) -> str | None:
+        """The newest hashtag status id handed to the sink (or skipped as seen) so far."""
+        return self._tagged.cursor if self._tagged is not None else None
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -236,16 +292,60 @@ class MastodonConnector(Connector):
         Each page is sorted oldest first. `min_id` pages forward from the cursor; with no cursor
         the walk starts from the account's oldest mention. A short page ends the walk.
         """
-        position = cursor or "0"
+        return self._forward(_mentions_after, cursor or "0")
+
+    def hashtag_pages(self, cursor: str | None) -> Iterator[list[dict[str, Any]]]:
+        """Statuses on the hashtag's timeline after `cursor` (a status id), oldest page first.
+
+        The same walk as `pages`. With no cursor it starts at `hashtag_start()`.
+        """
+        tag = self._hashtag
+        if tag is None:
+            raise RuntimeError("this connector has no hashtag")
+        start = cursor if cursor is not None else self.hashtag_start()
+        return self._forward(lambda position: _tagged_after(tag, position), start)
+
+    def hashtag_start(self) -> str:
+        """Where a hashtag backfill without a saved cursor starts: right after the newest status
+        made before `hashtag_since` (the campaign's opening), found by walking the timeline
+        back; "0" if every status on it is that recent. Without `hashtag_since`, now.
+
+        Status ids only roughly follow creation times (and on servers other than Mastodon not
+        at all), so the start is found from `created_at`, not computed from the time.
+        """
+        tag = self._hashtag
+        if tag is None:
+            raise RuntimeError("this connector has no hashtag")
+        since = self._hashtag_since or self._clock.now()
+        before: str | None = None
         while True:
-            page = self._call(_mentions_after(position), self.read_pacer)
+            page = self._call(_tagged_before(tag, before), self.read_pacer)
+            if not page:
+                return "0"
+            page = sorted(page, key=lambda s: id_order(str(s["id"])), reverse=True)
+            for status in page:
+                try:
+                    made = parse_time(status.get("created_at"))
+                except PayloadError:
+                    continue
+                if made < since:
+                    return str(status["id"])
+            if len(page) < PAGE_LIMIT:
+                return "0"
+            before = str(page[-1]["id"])
+
+    def _forward(
+        self, request_after: Callable[[str], Callable[[Mastodon], Any]], position: str
+    ) -> Iterator[list[dict[str, Any]]]:
+        while True:
+            page = self._call(request_after(position), self.read_pacer)
             if not page:
                 return
             page = sorted(page, key=lambda n: id_order(str(n["id"])))
             yield page
             if len(page) < PAGE_LIMIT:
                 # Caught up. Stopping here, not at an empty page, also keeps a backfill from
-                # chasing a live sale page by page: newer mentions are already on the stream.
+                # chasing a live sale page by page: newer posts are already on the stream.
                 return
             position = str(page[-1]["id"])
 
@@ -280,11 +380,12 @@ class MastodonConnector(Connector):
                         lambda api, listener: api.stream_hashtag(
                             tag, listener, timeout=self._stream_timeout
                         ),
-                        on_open=lambda: None,
+                        on_open=lambda: self._backfill_hashtag(sink),
                         on_event=lambda name, data: self._on_hashtag_event(name, data, sink),
                     )
                 except BaseException as exc:  # reported by the user stream's thread below
                     errors.append(exc)
+                    self.shutdown()  # ends the user stream too, so the failure is not hidden
 
             thread = threading.Thread(target=run_tag, name=f"{self.account_key}-tag", daemon=True)
             thread.start()
@@ -358,33 +459,56 @@ class MastodonConnector(Connector):
             self._seen.discard(self._seen_order.popleft())
         return True
 
-    def _deliver(self, sink: Sink, signal: Signal | None, notification_id: str | None) -> None:
-        """Hand `signal` to the sink once; only then count it as seen and move the cursor (if
-        the sink fails, the next backfill offers the same mention again)."""
+    def _deliver(
+        self,
+        sink: Sink,
+        signal: Signal | None,
+        feed: _Feed | None = None,
+        position: str | None = None,
+    ) -> None:
+        """Hand `signal` to the sink once, with `feed`'s cursor moved to `position`; only then
+        count it as seen and move the cursor (if the sink fails, the next backfill offers the
+        same post again). A status already delivered from the other feed is not handed over
+        again; its position is then only remembered here, and saved with the feed's next post.
+        """
         with self._sink_lock:
-            note = f"n:{notification_id}" if notification_id is not None else None
-            if note is not None and note in self._seen:
+            mark = f"{feed.mark}{position}" if feed is not None and position else None
+            if feed is not None and mark is not None and mark in self._seen:
+                feed.cursor = newer(feed.cursor, position)
                 return
-            cursor = newer(self._cursor, notification_id) if notification_id else None
+            cursor = newer(feed.cursor, position) if feed is not None and position else None
             new_post = isinstance(signal, Post) and signal.edited_at is None
             status = f"s:{signal.post_id}" if new_post and signal is not None else None
             if signal is not None and (status is None or status not in self._seen):
                 try:
-                    sink(signal, cursor)
+                    hand_over(sink, signal, cursor, feed.name if feed is not None else MENTIONS)
                 except Exception as exc:
                     raise _SinkFailed from exc
                 if status is not None:
                     self._remember(status)
-            if note is not None:
-                self._remember(note)
-                self._cursor = cursor
+            if mark is not None and feed is not None:
+                self._remember(mark)
+                feed.cursor = cursor
 
     def _backfill(self, sink: Sink) -> None:
         with self._backfill_lock:
-            for page in self.pages(self._cursor):
+            for page in self.pages(self._mentions.cursor):
                 for notification in page:
                     post = _convert(post_from_notification, notification)
-                    self._deliver(sink, post, str(notification["id"]))
+                    self._deliver(sink, post, self._mentions, str(notification["id"]))
+
+    def _backfill_hashtag(self, sink: Sink) -> None:
+        feed = self._tagged
+        if feed is None:
+            return
+        if feed.cursor is None:
+            # Found once per process: nothing before it is ever wanted, and it is saved with
+            # the first hashtag post applied.
+            feed.cursor = self.hashtag_start()
+        for page in self.hashtag_pages(feed.cursor):
+            for status in page:
+                post = _convert(post_from_status, status)
+                self._deliver(sink, post, feed, str(status["id"]))
 
     def _on_user_event(self, name: str, data: str, sink: Sink) -> None:
         if name == "notification":
@@ -392,21 +516,23 @@ class MastodonConnector(Connector):
             if notification.get("type") != "mention":
                 return
             post = _convert(post_from_notification, notification)
-            self._deliver(sink, post, str(notification["id"]))
+            self._deliver(sink, post, self._mentions, str(notification["id"]))
         elif name in EDIT_EVENTS:
             status = orjson.loads(data)
             if self._mentions_me(status):
-                self._deliver(sink, self._edit(status), None)
+                self._deliver(sink, self._edit(status))
         elif name == "delete":
-            self._deliver(sink, self._deletion(data), None)
+            self._deliver(sink, self._deletion(data))
 
     def _on_hashtag_event(self, name: str, data: str, sink: Sink) -> None:
         if name == "update":
-            self._deliver(sink, _convert(post_from_status, orjson.loads(data)), None)
+            status = orjson.loads(data)
+            position = str(status["id"]) if isinstance(status, dict) and "id" in status else None
+            self._deliver(sink, _convert(post_from_status, status), self._tagged, position)
         elif name in EDIT_EVENTS:
-            self._deliver(sink, self._edit(orjson.loads(data)), None)
+            self._deliver(sink, self._edit(orjson.loads(data)))
         elif name == "delete":
-            self._deliver(sink, self._deletion(data), None)
+            self._deliver(sink, self._deletion(data))
 
     def _mentions_me(self, status: dict[str, Any]) -> bool:
         mentions = status.get("mentions") or []
@@ -458,6 +584,20 @@ def _convert(convert: Callable[[Any], Post | None], payload: Any) -> Post | None
 def _mentions_after(position: str) -> Callable[[Mastodon], Any]:
     def request(api: Mastodon) -> Any:
         return api.notifications(types=["mention"], min_id=position, limit=PAGE_LIMIT)
+
+    return request
+
+
+def _tagged_after(tag: str, position: str) -> Callable[[Mastodon], Any]:
+    def request(api: Mastodon) -> Any:
+        return api.timeline_hashtag(tag, min_id=position, limit=PAGE_LIMIT)
+
+    return request
+
+
+def _tagged_before(tag: str, position: str | None) -> Callable[[Mastodon], Any]:
+    def request(api: Mastodon) -> Any:
+        return api.timeline_hashtag(tag, max_id=position, limit=PAGE_LIMIT)
 
     return request
 

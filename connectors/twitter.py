@@ -8,10 +8,21 @@
 - `stream(sink)` polls on the injected clock, handing each mention to the sink with its own id
   as the cursor, so a crash mid-batch resumes right after the last applied mention. With
   `filtered_stream`, a `StreamingClient` on the campaign hashtag runs alongside (the account's
-  API tier must allow it); stream posts carry no cursor, and the poll backfills what it missed.
+  API tier must allow it); stream posts carry no cursor. So that hashtag posts that do not
+  mention the account survive a gap too, each poll then also walks
+  `search_recent_tweets("#tag", since_id=cursor)` through every `next_token` page, the same
+  way: each post goes to the sink with its id as the cursor of feed `#tag`
+  (`connectors.base.hashtag_feed`), saved under its own key beside the mentions' cursor.
+  Without a saved hashtag cursor the search starts (`start_time`) at `hashtag_since`, the
+  campaign's opening, or else at the first poll. Recent search reaches seven days back: a
+  cursor or an opening older than that is brought inside the window, and posts beyond it are
+  out of reach. Each feed keeps its own backoff and rate-limit wait (its own pacer).
+- Tweet ids delivered in a process are remembered, so a mention that carries the hashtag, on
+  both polls and on the stream, is delivered once; after a restart the engine's unique
+  (platform, post id) drops anything offered again.
 - Requests go out with `wait_on_rate_limit=False`: the connector paces itself from the
-  `x-rate-limit-*` headers (reset in epoch seconds), one window for reading mentions and one for
-  posting, and raises `RateLimited` instead of sleeping inside tweepy.
+  `x-rate-limit-*` headers (reset in epoch seconds), one window each for reading mentions,
+  searching and posting, and raises `RateLimited` instead of sleeping inside tweepy.
 - Partial errors (a 200 with `errors[]`, e.g. a suspended mentioned user) are logged and the
   page's tweets are still delivered. Tweet ids stay strings throughout.
 """
@@ -22,7 +33,10 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -30,6 +44,7 @@ import tweepy
 
 from config.brand import XAccount
 from connectors.base import (
+    MENTIONS,
     AuthFailed,
     Connector,
     ConnectorError,
@@ -37,11 +52,13 @@ from connectors.base import (
     RateLimited,
     Sink,
     classify,
+    hand_over,
+    hashtag_feed,
     id_order,
 )
 from connectors.pacing import Clock, Pacer, SystemClock, x_window
 from connectors.post import Post, Signal
-from connectors.x_payload import PayloadError, post_from_tweet, tweets_of
+from connectors.x_payload import PayloadError, post_from_tweet, snowflake_time, tweets_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +74,24 @@ TWEET_FIELDS = [
 ]
 EXPANSIONS = ["author_id"]
 USER_FIELDS = ["username"]
-PAGE_SIZE = 100  # the most get_users_mentions returns per page
+PAGE_SIZE = 100  # the most get_users_mentions and search_recent_tweets return per page
+# Recent search reaches seven days back; a minute of margin keeps a start_time computed just
+# before the request inside that window when it arrives.
+SEARCH_REACH = timedelta(days=7) - timedelta(minutes=1)
+SEEN_MEMORY = 50_000
+
+Fetched = tuple[list[tuple[str, Post]], str | None]
+
+
+@dataclass
+class _Feed:
+    """One feed the poll walks: the mentions, or the hashtag's recent search."""
+
+    name: str
+    cursor: str | None
+    fetch: Callable[[str | None], Fetched]
+    failures: int = 0
+    resume_at: datetime | None = None
 
 
 class XConnector(Connector):
@@ -81,6 +115,8 @@ class XConnector(Connector):
         poll_interval: float = 15.0,
         clock: Clock | None = None,
         initial_cursor: str | None = None,
+        initial_hashtag_cursor: str | None = None,
+        hashtag_since: datetime | None = None,
     ) -> None:
         if user_id is None and username is None:
             raise ValueError("an X connector needs the account's user_id or username")
@@ -100,11 +136,20 @@ class XConnector(Connector):
         self._clock: Clock = clock or SystemClock()
         self.pacer = Pacer(self._clock)  # POST /2/tweets and DMs
         self.poll_pacer = Pacer(self._clock)  # GET /2/users/:id/mentions
-        self._cursor = initial_cursor
+        self.search_pacer = Pacer(self._clock)  # GET /2/tweets/search/recent
+        self._hashtag_since = hashtag_since
+        self._mentions = _Feed(MENTIONS, initial_cursor, self.fetch)
+        self._tagged: _Feed | None = None
+        if self._hashtag and self._filtered:
+            self._tagged = _Feed(
+                hashtag_feed(self._hashtag), initial_hashtag_cursor, self.fetch_hashtag
+            )
         self._client: tweepy.Client | None = None
         self._stream: tweepy.StreamingClient | None = None
         self._stopping = threading.Event()
         self._sink_lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -133,7 +178,18 @@ class XConnector(Connector):
 
     @property
     def cursor(self) -> str | None:
-        return self._cursor
+        """The newest mention id polled so far."""
+        return self._mentions.cursor
+
+    @property
+    def hashtag_feed(self) -> str | None:
+        """The feed name hashtag cursors are handed to the sink under (None: no hashtag poll)."""
+        return self._tagged.name if self._tagged is not None else None
+
+    @property
+    def hashtag_cursor(self) -> str | None:
+        """The newest hashtag post id polled so far."""
+        return self._tagged.cursor if self._tagged is not None else None
 
     @property
     def _has_user_auth(self) -> bool:
@@ -182,18 +238,78 @@ class XConnector(Connector):
         page: dict[str, Any] = self._request(self.poll_pacer, call)
         return page
 
-    def fetch(self, cursor: str | None) -> tuple[list[tuple[str, Post]], str | None]:
+    def _search_page(
+        self, since_id: str | None, start_time: datetime | None, token: str | None
+    ) -> dict[str, Any]:
+        query = f"#{self._hashtag}"
+
+        def call(client: tweepy.Client) -> Any:
+            return client.search_recent_tweets(
+                query,
+                since_id=since_id,
+                start_time=start_time,
+                next_token=token,
+                max_results=PAGE_SIZE,
+                expansions=EXPANSIONS,
+                tweet_fields=TWEET_FIELDS,
+                user_fields=USER_FIELDS,
+            )
+
+        page: dict[str, Any] = self._request(self.search_pacer, call)
+        return page
+
+    def _search_bounds(self, cursor: str | None) -> tuple[str | None, datetime | None]:
+        """`since_id` from the cursor; without one, `start_time` at the campaign's opening (or
+        now). Recent search only reaches seven days back, so either is brought inside that."""
+        reach = self._clock.now() - SEARCH_REACH
+        if cursor is not None:
+            try:
+                if snowflake_time(cursor) >= reach:
+                    return cursor, None
+            except PayloadError:
+                log.warning("ignoring a hashtag cursor that is not a tweet id: %r", cursor)
+            log.warning("hashtag cursor older than recent search reaches; searching 7 days back")
+            return None, reach
+        if self._hashtag_since is None:  # from now on, fixed so no poll skips the gap before it
+            self._hashtag_since = self._clock.now()
+        return None, max(self._hashtag_since, reach)
+
+    def fetch(self, cursor: str | None) -> Fetched:
         """(tweet id, Post) for every mention after `cursor`, oldest first, and the new cursor."""
-        window = self.poll_pacer.window
+        return self._walk(
+            self.poll_pacer, lambda token: self._mentions_page(cursor, token), cursor, "mentions"
+        )
+
+    def fetch_hashtag(self, cursor: str | None) -> Fetched:
+        """(tweet id, Post) for every recent post with the hashtag after `cursor` (a tweet id),
+        oldest first, and the new cursor; with no cursor, from the campaign's opening."""
+        if self._hashtag is None:
+            raise RuntimeError("this connector has no hashtag")
+        since_id, start_time = self._search_bounds(cursor)
+        return self._walk(
+            self.search_pacer,
+            lambda token: self._search_page(since_id, start_time, token),
+            since_id,
+            "search",
+        )
+
+    def _walk(
+        self,
+        pacer: Pacer,
+        get_page: Callable[[str | None], dict[str, Any]],
+        cursor: str | None,
+        what: str,
+    ) -> Fetched:
+        window = pacer.window
         now = self._clock.now()
         if window is not None and window.remaining <= 0 and window.reset_at > now:
-            raise RateLimited("mentions budget spent", reset_at=window.reset_at, status=None)
+            raise RateLimited(f"{what} budget spent", reset_at=window.reset_at, status=None)
         found: list[tuple[str, Post]] = []
         newest = cursor
         token: str | None = None
         first = True
         while True:
-            page = self._mentions_page(cursor, token)
+            page = get_page(token)
             meta = page.get("meta") or {}
             if first and isinstance(meta.get("newest_id"), str):
                 newest = meta["newest_id"]
@@ -214,34 +330,70 @@ class XConnector(Connector):
     # -- streaming ---------------------------------------------------------------------------
 
     def stream(self, sink: Sink) -> None:
-        """Poll mentions until `shutdown()` (plus the filtered stream, if enabled). Blocks."""
-        if self._filtered and self._hashtag:
+        """Poll mentions (and, with the filtered stream, the hashtag's recent search) until
+        `shutdown()`, beside the filtered stream if enabled. Blocks."""
+        if self._tagged is not None:
             self._start_filtered_stream(sink)
-        failures = 0
+        feeds = [self._mentions] + ([self._tagged] if self._tagged is not None else [])
         while not self._stopping.is_set():
-            try:
-                found, newest = self.fetch(self._cursor)
-            except RateLimited as exc:
-                self._clock.sleep(max((exc.reset_at - self._clock.now()).total_seconds(), 0.0))
-                continue
-            except AuthFailed:
-                raise
-            except ConnectorError as exc:
-                failures += 1
-                wait = min(2.0**failures, 300.0)
-                log.warning("X mentions poll failed (%s); retrying in %.0fs", exc, wait)
-                self._clock.sleep(wait)
-                continue
-            failures = 0
-            for tweet_id, post in found:
-                self._deliver(sink, post, tweet_id)
-            if newest is not None:
-                self._cursor = newest
-            self._clock.sleep(max(self._interval, self.poll_pacer.delay()))
+            for feed in feeds:
+                if self._stopping.is_set():
+                    return
+                self._poll_feed(feed, sink)
+            self._clock.sleep(self._next_poll_in(feeds))
 
-    def _deliver(self, sink: Sink, post: Post, cursor: str | None) -> None:
+    def _poll_feed(self, feed: _Feed, sink: Sink) -> None:
+        """One poll of one feed: deliver what is new, or note when to try again."""
+        if feed.resume_at is not None and feed.resume_at > self._clock.now():
+            return
+        try:
+            found, newest = feed.fetch(feed.cursor)
+        except RateLimited as exc:
+            feed.resume_at = exc.reset_at
+            return
+        except AuthFailed:
+            raise
+        except ConnectorError as exc:
+            feed.failures += 1
+            wait = min(2.0**feed.failures, 300.0)
+            log.warning(
+                "X %s poll failed (%s); retrying in %.0fs", feed.name or "mentions", exc, wait
+            )
+            feed.resume_at = self._clock.now() + timedelta(seconds=wait)
+            return
+        feed.failures = 0
+        feed.resume_at = None
+        for tweet_id, post in found:
+            self._deliver(sink, post, tweet_id, feed.name)
+        if newest is not None:
+            feed.cursor = newest
+
+    def _next_poll_in(self, feeds: list[_Feed]) -> float:
+        """Seconds until the next poll: the interval, or longer while every feed must wait."""
+        now = self._clock.now()
+        waits = [self._interval, self.poll_pacer.delay()]
+        if self._tagged is not None:
+            waits.append(self.search_pacer.delay())
+        due = [
+            (feed.resume_at - now).total_seconds() if feed.resume_at is not None else 0.0
+            for feed in feeds
+        ]
+        return max(max(waits), min(due))
+
+    def _deliver(self, sink: Sink, post: Post, cursor: str | None, feed: str) -> None:
+        """Hand `post` to the sink, unless this process already did (a mention that carries
+        the hashtag is on both polls and the filtered stream): the engine would drop it as a
+        duplicate anyway, but it would cost a place in a batch."""
+        key = post.post_id if post.edited_at is None else None
         with self._sink_lock:
-            sink(post, cursor)
+            if key is not None and key in self._seen:
+                return
+            hand_over(sink, post, cursor, feed)
+            if key is not None:
+                self._seen.add(key)
+                self._seen_order.append(key)
+                if len(self._seen_order) > SEEN_MEMORY:
+                    self._seen.discard(self._seen_order.popleft())
 
     def _start_filtered_stream(self, sink: Sink) -> None:
         connector = self
@@ -254,7 +406,7 @@ class XConnector(Connector):
                     log.warning("X stream sent a line that is not JSON")
                     return
                 for _, post in _posts(payload):
-                    connector._deliver(sink, post, None)
+                    connector._deliver(sink, post, None, MENTIONS)
 
             def on_errors(self, errors: Any) -> None:
                 log.info("X stream partial errors: %s", errors)
@@ -325,6 +477,8 @@ def connector_for_account(
     clock: Clock | None = None,
     initial_cursor: str | None = None,
     hashtag: str | None = None,
+    initial_hashtag_cursor: str | None = None,
+    hashtag_since: datetime | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> XConnector:
     """An `XConnector` for a brand file's `[accounts.x]`, its tokens read from the environment
@@ -350,4 +504,6 @@ def connector_for_account(
         filtered_stream=account.filtered_stream,
         clock=clock,
         initial_cursor=initial_cursor,
+        initial_hashtag_cursor=initial_hashtag_cursor,
+        hashtag_since=hashtag_since,
     )

@@ -4,6 +4,7 @@ real recorded payloads in tests/fixtures/real/twitter."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,7 @@ def test_stream_hands_each_mention_to_the_sink_with_its_own_id_as_cursor() -> No
     c = connector(clock, poll_interval=30.0)
     got: list[tuple[str, str | None]] = []
 
-    def sink(signal: Any, cursor: str | None) -> None:
+    def sink(signal: Any, cursor: str | None, feed: str = "") -> None:
         got.append((signal.post_id, cursor))
         if len(got) == 10:
             c.shutdown()
@@ -266,7 +267,7 @@ def test_the_filtered_stream_delivers_hashtag_posts_beside_the_mentions_poll() -
     c = connector(hashtag="원호", filtered_stream=True)
     got: list[tuple[Any, str | None]] = []
 
-    def sink(signal: Any, cursor: str | None) -> None:
+    def sink(signal: Any, cursor: str | None, feed: str = "") -> None:
         got.append((signal, cursor))
         c.shutdown()
 
@@ -276,3 +277,94 @@ def test_the_filtered_stream_delivers_hashtag_posts_beside_the_mentions_poll() -
     assert "원호" in (post.hashtags or ())
     added = next(call for call in responses.calls if call.request.method == "POST")
     assert json.loads(added.request.body)["add"] == [{"value": "#원호"}]
+
+
+# -- the hashtag feed: posts with the campaign hashtag that do not mention the bot -------------
+
+SEARCH = f"{API}/tweets/search/recent"
+NOW = datetime(2022, 10, 7, 22, 43, tzinfo=UTC)  # when the search page was recorded
+
+
+def hashtag_connector(**kw: Any) -> XConnector:
+    return connector(FakeClock(NOW), hashtag="Tweepy", filtered_stream=True, **kw)
+
+
+@responses.activate
+def test_the_hashtag_search_walks_every_page_after_the_saved_cursor() -> None:
+    first = fixture("v2_search_recent_tweepy.json")
+    second = fixture("v2_search_all_hashtag_mention_includes_twarc.json")
+    second["body"]["meta"].pop("next_token", None)  # the last page has none
+    responses.get(SEARCH, json=first["body"], headers=first["headers"])
+    responses.get(SEARCH, json=second["body"])
+    c = hashtag_connector()
+    cursor = "1578511000000000000"  # a tweet id from 2022-10-07, inside recent search's reach
+
+    found, newest = c.fetch_hashtag(cursor)
+
+    assert newest == first["body"]["meta"]["newest_id"]  # the first page's newest_id
+    ids = [tweet_id for tweet_id, _ in found]
+    assert ids == sorted(ids, key=int) and len(ids) == 10 + len(second["body"]["data"])
+    one, two = (query(call) for call in responses.calls)
+    assert one["query"] == ["#Tweepy"] and one["since_id"] == [cursor]
+    assert "start_time" not in one and "next_token" not in one
+    assert two["next_token"] == [first["body"]["meta"]["next_token"]]
+    assert two["since_id"] == [cursor]
+    assert {"entities", "author_id", "created_at"} <= set(one["tweet.fields"][0].split(","))
+    assert c.search_pacer.window is not None and c.search_pacer.window.limit == 450
+    assert c.poll_pacer.window is None  # searching spends the search budget, not the mentions'
+
+
+@responses.activate
+def test_a_first_hashtag_search_starts_at_the_opening_within_seven_days() -> None:
+    responses.get(SEARCH, json={"meta": {"result_count": 0}})
+    opened = datetime(2022, 10, 7, 22, 0, tzinfo=UTC)
+    assert hashtag_connector(hashtag_since=opened).fetch_hashtag(None) == ([], None)
+    long_ago = datetime(2022, 9, 1, tzinfo=UTC)
+    hashtag_connector(hashtag_since=long_ago).fetch_hashtag(None)
+    hashtag_connector().fetch_hashtag("1166000000000000000")  # a 2019 cursor: out of reach
+    at_opening, reach, stale = (query(call) for call in responses.calls)
+    assert at_opening["start_time"] == ["2022-10-07T22:00:00Z"] and "since_id" not in at_opening
+    assert reach["start_time"] == ["2022-09-30T22:44:00Z"]  # seven days less a minute
+    assert stale["start_time"] == ["2022-09-30T22:44:00Z"] and "since_id" not in stale
+
+
+@responses.activate
+def test_the_poll_delivers_hashtag_posts_once_with_their_own_cursor_feed() -> None:
+    page = fixture("v2_search_recent_tweepy.json")
+    page["body"]["meta"].pop("next_token")
+    tweets = page["body"]["data"]
+    rules = f"{API}/tweets/search/stream/rules"
+    responses.get(rules, json={"meta": {"sent": "2022-10-07T22:43:18.000Z", "result_count": 0}})
+    responses.post(rules, json={"data": [{"value": "#Tweepy", "id": "1"}], "meta": {}})
+    # The newest post also arrives on the filtered stream: it must still be delivered once.
+    line = json.dumps({"data": tweets[0], "matching_rules": [{"id": "1", "tag": ""}]})
+    responses.get(f"{API}/tweets/search/stream", body=line + "\r\n\r\n")
+    responses.get(MENTIONS, json={"meta": {"result_count": 0}})
+    responses.get(SEARCH, json=page["body"], headers=page["headers"])
+    c = hashtag_connector(
+        hashtag_since=datetime(2022, 10, 7, 22, 0, tzinfo=UTC), poll_interval=30.0
+    )
+    got: list[tuple[str, str | None, str]] = []
+
+    def sink(signal: Any, cursor: str | None, feed: str = "") -> None:
+        got.append((signal.post_id, cursor, feed))
+        if len({post_id for post_id, _, _ in got}) == len(tweets):
+            c.shutdown()
+
+    thread = threading.Thread(target=c.stream, args=(sink,), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    arrived = not thread.is_alive()
+    c.shutdown()
+    thread.join(timeout=10)  # while `responses` still answers
+    assert arrived, f"only {len(got)} posts arrived"
+    ids = [post_id for post_id, _, _ in got]
+    assert sorted(ids) == sorted(t["id"] for t in tweets) and len(ids) == len(set(ids))
+    polled = [(post_id, cursor) for post_id, cursor, feed in got if feed == "#tweepy"]
+    assert all(post_id == cursor for post_id, cursor in polled)  # each its own cursor
+    assert [c for _, c in polled] == sorted((c for _, c in polled), key=lambda i: int(i or 0))
+    assert c.hashtag_cursor == page["body"]["meta"]["newest_id"]
+    assert c.cursor is None  # the mentions' cursor is its own
+    searches = [query(call) for call in responses.calls if call.request.url.startswith(SEARCH)]
+    assert searches[0]["start_time"] == ["2022-10-07T22:00:00Z"]
+    assert all(s["since_id"] == [page["body"]["meta"]["newest_id"]] for s in searches[1:])
