@@ -78,6 +78,8 @@ PAGE_SIZE = 100  # the most get_users_mentions and search_recent_tweets return p
 # Recent search reaches seven days back; a minute of margin keeps a start_time computed just
 # before the request inside that window when it arrives.
 SEARCH_REACH = timedelta(days=7) - timedelta(minutes=1)
+# X refuses a recent search whose start_time is less than 10 s ago.
+SEARCH_LAG = timedelta(seconds=10)
 SEEN_MEMORY = 50_000
 
 Fetched = tuple[list[tuple[str, Post]], str | None]
@@ -90,8 +92,16 @@ class _Feed:
     name: str
     cursor: str | None
     fetch: Callable[[str | None], Fetched]
+    pacer: Pacer  # the feed's own rate-limit window: one feed's limit never holds up the other
     failures: int = 0
     resume_at: datetime | None = None
+
+    def wait(self, now: datetime) -> float:
+        """Seconds before this feed may be polled: its pace, or its backoff or reset."""
+        wait = self.pacer.delay()
+        if self.resume_at is not None:
+            wait = max(wait, (self.resume_at - now).total_seconds())
+        return wait
 
 
 class XConnector(Connector):
@@ -138,11 +148,14 @@ class XConnector(Connector):
         self.poll_pacer = Pacer(self._clock)  # GET /2/users/:id/mentions
         self.search_pacer = Pacer(self._clock)  # GET /2/tweets/search/recent
         self._hashtag_since = hashtag_since
-        self._mentions = _Feed(MENTIONS, initial_cursor, self.fetch)
+        self._mentions = _Feed(MENTIONS, initial_cursor, self.fetch, self.poll_pacer)
         self._tagged: _Feed | None = None
         if self._hashtag and self._filtered:
             self._tagged = _Feed(
-                hashtag_feed(self._hashtag), initial_hashtag_cursor, self.fetch_hashtag
+                hashtag_feed(self._hashtag),
+                initial_hashtag_cursor,
+                self.fetch_hashtag,
+                self.search_pacer,
             )
         self._client: tweepy.Client | None = None
         self._stream: tweepy.StreamingClient | None = None
@@ -286,6 +299,8 @@ class XConnector(Connector):
         if self._hashtag is None:
             raise RuntimeError("this connector has no hashtag")
         since_id, start_time = self._search_bounds(cursor)
+        if start_time is not None and start_time > self._clock.now() - SEARCH_LAG:
+            return [], cursor  # the campaign has not opened (or just did): nothing to ask yet
         return self._walk(
             self.search_pacer,
             lambda token: self._search_page(since_id, start_time, token),
@@ -344,7 +359,7 @@ class XConnector(Connector):
 
     def _poll_feed(self, feed: _Feed, sink: Sink) -> None:
         """One poll of one feed: deliver what is new, or note when to try again."""
-        if feed.resume_at is not None and feed.resume_at > self._clock.now():
+        if feed.wait(self._clock.now()) > 0:
             return
         try:
             found, newest = feed.fetch(feed.cursor)
@@ -369,16 +384,10 @@ class XConnector(Connector):
             feed.cursor = newest
 
     def _next_poll_in(self, feeds: list[_Feed]) -> float:
-        """Seconds until the next poll: the interval, or longer while every feed must wait."""
+        """Seconds until the next poll: the interval, or longer while every feed must wait.
+        A feed that must wait (its rate limit spent, its backoff) holds up only itself."""
         now = self._clock.now()
-        waits = [self._interval, self.poll_pacer.delay()]
-        if self._tagged is not None:
-            waits.append(self.search_pacer.delay())
-        due = [
-            (feed.resume_at - now).total_seconds() if feed.resume_at is not None else 0.0
-            for feed in feeds
-        ]
-        return max(max(waits), min(due))
+        return max(self._interval, min(feed.wait(now) for feed in feeds))
 
     def _deliver(self, sink: Sink, post: Post, cursor: str | None, feed: str) -> None:
         """Hand `post` to the sink, unless this process already did (a mention that carries

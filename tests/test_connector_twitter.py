@@ -3,9 +3,10 @@ real recorded payloads in tests/fixtures/real/twitter."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -368,3 +369,58 @@ def test_the_poll_delivers_hashtag_posts_once_with_their_own_cursor_feed() -> No
     searches = [query(call) for call in responses.calls if call.request.url.startswith(SEARCH)]
     assert searches[0]["start_time"] == ["2022-10-07T22:00:00Z"]
     assert all(s["since_id"] == [page["body"]["meta"]["newest_id"]] for s in searches[1:])
+
+
+@responses.activate
+def test_a_spent_search_budget_does_not_hold_up_the_mentions() -> None:
+    rules = f"{API}/tweets/search/stream/rules"
+    responses.get(rules, json={"meta": {"sent": "2022-10-07T22:43:18.000Z", "result_count": 0}})
+    responses.post(rules, json={"data": [{"value": "#Tweepy", "id": "1"}], "meta": {}})
+    responses.get(f"{API}/tweets/search/stream", body="\r\n")
+    reset = int(NOW.timestamp()) + 900  # the search budget comes back in 15 minutes
+    responses.get(
+        SEARCH,
+        status=429,
+        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
+        headers={
+            "x-rate-limit-limit": "450",
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(reset),
+        },
+    )
+    clock = FakeClock(NOW)
+    c = connector(
+        clock,
+        hashtag="Tweepy",
+        filtered_stream=True,
+        hashtag_since=datetime(2022, 10, 7, 22, 0, tzinfo=UTC),
+        poll_interval=15.0,
+    )
+    asked: list[datetime] = []
+
+    def mentions(request: Any) -> tuple[int, dict[str, str], str]:
+        asked.append(clock.now())
+        if len(asked) == 4:
+            c.shutdown()
+        return 200, {}, json.dumps({"meta": {"result_count": 0}})
+
+    responses.add_callback(responses.GET, MENTIONS, callback=mentions)
+    thread = threading.Thread(target=c.stream, args=(lambda *_: None,), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    c.shutdown()
+    thread.join(timeout=10)
+    assert len(asked) == 4
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(asked)]
+    assert gaps == [15.0, 15.0, 15.0]  # the mentions keep their pace
+    searches = [call for call in responses.calls if call.request.url.startswith(SEARCH)]
+    assert len(searches) == 1  # and the search waits for its reset
+
+
+@responses.activate
+def test_no_search_is_asked_before_the_campaign_opens() -> None:
+    responses.get(SEARCH, json={"meta": {"result_count": 0}})
+    opens = NOW + timedelta(hours=1)
+    c = hashtag_connector(hashtag_since=opens)
+    assert c.fetch_hashtag(None) == ([], None)  # X would answer 400 to a future start_time
+    assert len(responses.calls) == 0
