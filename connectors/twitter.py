@@ -4,7 +4,9 @@
   returns the mentions oldest first. The new cursor is the first page's `meta.newest_id`: since
   `since_id` is exclusive, the next poll starts right after it, and nothing older than the cursor
   is asked for again. A failure on any page raises before anything is returned, so a cursor is
-  never advanced past mentions that were not delivered.
+  never advanced past mentions that were not delivered; when it is the rate limit, the pages
+  already fetched are kept and the walk goes on from its page after the reset, so a backlog
+  longer than one rate window still gets through.
 - `stream(sink)` polls on the injected clock, handing each mention to the sink with its own id
   as the cursor, so a crash mid-batch resumes right after the last applied mention. With
   `filtered_stream`, a `StreamingClient` on the campaign hashtag runs alongside (the account's
@@ -35,7 +37,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -86,15 +88,31 @@ Fetched = tuple[list[tuple[str, Post]], str | None]
 
 
 @dataclass
+class _Walk:
+    """One walk through a feed's pages, newest first, kept when a rate limit cuts it short so
+    that the next try goes on from the page it stopped at: a backlog longer than one rate
+    window still gets through. `bounds` are the query's since_id and start_time, fixed for
+    the walk (X's page tokens belong to their query)."""
+
+    cursor: str | None
+    bounds: tuple[str | None, datetime | None] = (None, None)
+    found: list[tuple[str, Post]] = field(default_factory=list)
+    newest: str | None = None
+    token: str | None = None
+    pages: int = 0
+
+
+@dataclass
 class _Feed:
     """One feed the poll walks: the mentions, or the hashtag's recent search."""
 
     name: str
     cursor: str | None
-    fetch: Callable[[str | None], Fetched]
+    fetch: Callable[[str | None, _Walk | None], Fetched]
     pacer: Pacer  # the feed's own rate-limit window: one feed's limit never holds up the other
     failures: int = 0
     resume_at: datetime | None = None
+    walk: _Walk | None = None  # a walk a rate limit cut short
 
     def wait(self, now: datetime) -> float:
         """Seconds before this feed may be polled: its pace, or its backoff or reset."""
@@ -287,24 +305,30 @@ class XConnector(Connector):
             self._hashtag_since = self._clock.now()
         return None, max(self._hashtag_since, reach)
 
-    def fetch(self, cursor: str | None) -> Fetched:
-        """(tweet id, Post) for every mention after `cursor`, oldest first, and the new cursor."""
+    def fetch(self, cursor: str | None, walk: _Walk | None = None) -> Fetched:
+        """(tweet id, Post) for every mention after `cursor`, oldest first, and the new cursor.
+        `walk` carries a walk a rate limit cut short, to go on with (same cursor only)."""
+        walk = walk if walk is not None and walk.cursor == cursor else _Walk(cursor)
         return self._walk(
-            self.poll_pacer, lambda token: self._mentions_page(cursor, token), cursor, "mentions"
+            self.poll_pacer, lambda token: self._mentions_page(cursor, token), walk, "mentions"
         )
 
-    def fetch_hashtag(self, cursor: str | None) -> Fetched:
+    def fetch_hashtag(self, cursor: str | None, walk: _Walk | None = None) -> Fetched:
         """(tweet id, Post) for every recent post with the hashtag after `cursor` (a tweet id),
         oldest first, and the new cursor; with no cursor, from the campaign's opening."""
         if self._hashtag is None:
             raise RuntimeError("this connector has no hashtag")
-        since_id, start_time = self._search_bounds(cursor)
+        if walk is None or walk.cursor != cursor:
+            walk = _Walk(cursor)
+        if walk.pages == 0:  # a new walk: its bounds are fixed now, for all its pages
+            walk.bounds = self._search_bounds(cursor)
+        since_id, start_time = walk.bounds
         if start_time is not None and start_time > self._clock.now() - SEARCH_LAG:
             return [], cursor  # the campaign has not opened (or just did): nothing to ask yet
         return self._walk(
             self.search_pacer,
             lambda token: self._search_page(since_id, start_time, token),
-            since_id,
+            walk,
             "search",
         )
 
@@ -312,28 +336,28 @@ class XConnector(Connector):
         self,
         pacer: Pacer,
         get_page: Callable[[str | None], dict[str, Any]],
-        cursor: str | None,
+        walk: _Walk,
         what: str,
     ) -> Fetched:
         window = pacer.window
         now = self._clock.now()
         if window is not None and window.remaining <= 0 and window.reset_at > now:
             raise RateLimited(f"{what} budget spent", reset_at=window.reset_at, status=None)
-        found: list[tuple[str, Post]] = []
-        newest = cursor
-        token: str | None = None
-        first = True
+        if walk.pages == 0:
+            walk.newest = walk.cursor
         while True:
-            page = get_page(token)
+            page = get_page(walk.token)  # a failure here leaves `walk` at this page
             meta = page.get("meta") or {}
-            if first and isinstance(meta.get("newest_id"), str):
-                newest = meta["newest_id"]
-            first = False
-            found.extend(_posts(page))
+            if walk.pages == 0 and isinstance(meta.get("newest_id"), str):
+                walk.newest = meta["newest_id"]
+            walk.pages += 1
+            walk.found.extend(_posts(page))
             token = meta.get("next_token")
             if not token or not page.get("data"):
                 break
-        found.sort(key=lambda pair: id_order(pair[0]))
+            walk.token = token
+        found = sorted(walk.found, key=lambda pair: id_order(pair[0]))
+        newest = walk.newest
         if found and (newest is None or id_order(found[-1][0]) > id_order(newest)):
             newest = found[-1][0]
         return found, newest
@@ -361,14 +385,17 @@ class XConnector(Connector):
         """One poll of one feed: deliver what is new, or note when to try again."""
         if feed.wait(self._clock.now()) > 0:
             return
+        if feed.walk is None or feed.walk.cursor != feed.cursor:
+            feed.walk = _Walk(feed.cursor)
         try:
-            found, newest = feed.fetch(feed.cursor)
+            found, newest = feed.fetch(feed.cursor, feed.walk)
         except RateLimited as exc:
-            feed.resume_at = exc.reset_at
+            feed.resume_at = exc.reset_at  # the walk goes on from its page after the reset
             return
         except AuthFailed:
             raise
         except ConnectorError as exc:
+            feed.walk = None  # start again from the cursor: a page token may be what failed
             feed.failures += 1
             wait = min(2.0**feed.failures, 300.0)
             log.warning(
@@ -378,6 +405,7 @@ class XConnector(Connector):
             return
         feed.failures = 0
         feed.resume_at = None
+        feed.walk = None
         for tweet_id, post in found:
             self._deliver(sink, post, tweet_id, feed.name)
         if newest is not None:

@@ -424,3 +424,46 @@ def test_no_search_is_asked_before_the_campaign_opens() -> None:
     c = hashtag_connector(hashtag_since=opens)
     assert c.fetch_hashtag(None) == ([], None)  # X would answer 400 to a future start_time
     assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_a_walk_cut_short_by_the_rate_limit_goes_on_from_its_page_after_the_reset() -> None:
+    first = fixture("v2_users_mentions_page_tweepy.json")
+    second = fixture("v2_users_mentions_page_async_tweepy.json")
+    second["body"]["meta"].pop("next_token")
+    reset = int(NOW.timestamp()) + 900
+    responses.get(MENTIONS, json=first["body"], headers=first["headers"])
+    responses.get(
+        MENTIONS,
+        status=429,
+        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
+        headers={
+            "x-rate-limit-limit": "450",
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(reset),
+        },
+    )
+    responses.get(MENTIONS, json=second["body"], headers=second["headers"])
+    clock = FakeClock(NOW)
+    c = connector(clock, poll_interval=15.0)
+    cursor = "1578000000000000000"
+    c._mentions.cursor = cursor  # the saved cursor a restart hands over
+    expected = len(first["body"]["data"]) + len(second["body"]["data"])
+    got: list[str] = []
+
+    def sink(signal: Any, position: str | None, feed: str = "") -> None:
+        got.append(signal.post_id)
+        if len(got) == expected:
+            c.shutdown()
+
+    thread = threading.Thread(target=c.stream, args=(sink,), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    c.shutdown()
+    thread.join(timeout=10)
+    assert len(got) == expected, "the first page was thrown away with the rate limit"
+    one, cut, after = (query(call) for call in responses.calls)
+    assert "pagination_token" not in one and cut["pagination_token"] == after["pagination_token"]
+    assert after["pagination_token"] == [first["body"]["meta"]["next_token"]]
+    assert after["since_id"] == [cursor]
+    assert c.cursor == max(first["body"]["meta"]["newest_id"], got[-1], key=int)
