@@ -10,10 +10,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from alembic import command
 from fake_connectors import SendOnlyConnector
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from bot.links import LinkSigner
@@ -237,13 +236,13 @@ def test_a_sender_waits_for_a_more_urgent_bundle_another_is_opening(pg_url: str)
     assert kinds == ["payment_needed"] * len(winners) + ["waitlisted"] * 5
 
 
-def test_going_back_below_the_bundles_migration_keeps_every_reply(empty_url: str) -> None:
-    upgrade(empty_url)
-    engine = create_engine(empty_url)
+def test_going_back_below_the_bundles_migration_keeps_every_reply(empty_db: str) -> None:
+    upgrade(empty_db)
+    engine = create_engine(empty_db)
     batch = storm_batch(0, 100)
     queue_at(engine, batch[:3], NOW - timedelta(minutes=1), NEVER)  # already messages
     queue_at(engine, batch, NOW, 1)
-    command.downgrade(alembic_config(empty_url), "0003")
+    command.downgrade(alembic_config(empty_db), "0003")
     with engine.connect() as conn:
         rows = conn.execute(select(outbox_messages).order_by(outbox_messages.c.id)).all()
     assert len(rows) == 100
@@ -258,22 +257,8 @@ def test_going_back_below_the_bundles_migration_keeps_every_reply(empty_url: str
     winner = next(r for r in rows if r.kind == "payment_needed")
     assert decode_facts(winner.facts)["hold_expires_at"] == NOW + timedelta(minutes=15)
     assert decode_facts(winner.facts)["amount_due"] == 29900
-    upgrade(empty_url)
+    upgrade(empty_db)
     clock = Clock()
     clock.at = NOW + timedelta(seconds=1)
     assert len(send_all(engine, clock)) == 100
     engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database with no tables yet, for migrations."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'migrated.db'}"
-    url: str = request.getfixturevalue("pg_database")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from mastodon_mock.testing import MockServer
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from waiting import wait_for
 
 from bot.commands.orders_cmd import one_reply_per_kind
 from bot.demo_mock import free_port
@@ -83,17 +84,6 @@ class ShiftedClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(max(seconds, 0.0))
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float = 30.0, show: Callable[[], object] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {show()}")
 
 
 @pytest.fixture

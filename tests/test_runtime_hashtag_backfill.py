@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +19,7 @@ from mastodon_mock.config import SeedAccount, SeedConfig
 from mastodon_mock.testing import MockServer
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from waiting import wait_for
 
 from bot import cursors
 from bot.pipeline import Pipeline, Source
@@ -58,15 +59,6 @@ name = "Phone"
 price = 5000
 stock = 100
 """
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

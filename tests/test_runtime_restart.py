@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from mastodon import Mastodon
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from waiting import wait_for
 
 from bot import cursors
 from bot.commands.orders_cmd import one_reply_per_kind
@@ -67,15 +67,6 @@ stock = 25
 """
     )
     return path
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

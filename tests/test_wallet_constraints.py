@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -228,22 +227,6 @@ def test_tables_are_the_ones_named() -> None:
         "wallet_transfers",
         "wallet_legs",
     }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database with no tables at all, for `flashtag db upgrade` to build."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'migrated.db'}"
-    from config.database import create_engine
-
-    url: str = request.getfixturevalue("pg_database")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
 
 
 def test_db_upgrade_installs_the_ledger_guards(empty_db: str) -> None:
