@@ -42,6 +42,20 @@ def connector(clock: FakeClock | None = None, **kw: Any) -> XConnector:
     return c
 
 
+def rate_limited(url: str, *, reset: int) -> None:
+    """X's answer to a request over its budget: a 429 whose headers say when it comes back."""
+    responses.get(
+        url,
+        status=429,
+        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
+        headers={
+            "x-rate-limit-limit": "450",
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(reset),
+        },
+    )
+
+
 def query(call: Any) -> dict[str, list[str]]:
     return parse_qs(urlparse(call.request.url).query)
 
@@ -92,16 +106,7 @@ def test_rate_limit_headers_pace_polling_with_an_epoch_reset() -> None:
 
 @responses.activate
 def test_a_429_becomes_rate_limited_with_the_reset_from_the_headers() -> None:
-    responses.get(
-        MENTIONS,
-        status=429,
-        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
-        headers={
-            "x-rate-limit-limit": "450",
-            "x-rate-limit-remaining": "0",
-            "x-rate-limit-reset": "1665183228",
-        },
-    )
+    rate_limited(MENTIONS, reset=1665183228)
     with pytest.raises(RateLimited) as raised:
         connector().poll("1")
     assert raised.value.reset_at == datetime.fromtimestamp(1665183228, UTC)
@@ -378,16 +383,7 @@ def test_a_spent_search_budget_does_not_hold_up_the_mentions() -> None:
     responses.post(rules, json={"data": [{"value": "#Tweepy", "id": "1"}], "meta": {}})
     responses.get(f"{API}/tweets/search/stream", body="\r\n")
     reset = int(NOW.timestamp()) + 900  # the search budget comes back in 15 minutes
-    responses.get(
-        SEARCH,
-        status=429,
-        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
-        headers={
-            "x-rate-limit-limit": "450",
-            "x-rate-limit-remaining": "0",
-            "x-rate-limit-reset": str(reset),
-        },
-    )
+    rate_limited(SEARCH, reset=reset)
     clock = FakeClock(NOW)
     c = connector(
         clock,
@@ -433,16 +429,7 @@ def test_a_walk_cut_short_by_the_rate_limit_goes_on_from_its_page_after_the_rese
     second["body"]["meta"].pop("next_token")
     reset = int(NOW.timestamp()) + 900
     responses.get(MENTIONS, json=first["body"], headers=first["headers"])
-    responses.get(
-        MENTIONS,
-        status=429,
-        json={"errors": [{"code": 88, "message": "Rate limit exceeded"}]},
-        headers={
-            "x-rate-limit-limit": "450",
-            "x-rate-limit-remaining": "0",
-            "x-rate-limit-reset": str(reset),
-        },
-    )
+    rate_limited(MENTIONS, reset=reset)
     responses.get(MENTIONS, json=second["body"], headers=second["headers"])
     clock = FakeClock(NOW)
     c = connector(clock, poll_interval=15.0)
