@@ -24,6 +24,7 @@ and `flush` directly on an injected clock.
 from __future__ import annotations
 
 import logging
+import operator
 import queue
 import threading
 import time
@@ -46,6 +47,7 @@ from orders.outcomes import Outcome
 from orders.parser import Grammar, compile_grammar, parse
 
 log = logging.getLogger(__name__)
+_campaign_of = operator.attrgetter("campaign_id")
 
 T = TypeVar("T")
 
@@ -429,6 +431,12 @@ class Pipeline:
         )
 
     def _by_brand(self, outcomes: Sequence[Outcome]) -> list[tuple[Brand, list[Outcome]]]:
+        campaigns = set(map(_campaign_of, outcomes))
+        if len(campaigns) == 1:
+            # A storm's batch is all one campaign: one lookup, not one per outcome.
+            brand = self.directory.brand_of_campaign.get(next(iter(campaigns)))
+            if brand is not None:
+                return [(brand, list(outcomes))]
         grouped: dict[str, tuple[Brand, list[Outcome]]] = {}
         for outcome in outcomes:
             brand = self.directory.brand_of_campaign.get(outcome.campaign_id)
