@@ -29,8 +29,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
+from sqlalchemy.engine import Connection
 
 from config.database import new_metadata
 from config.sqltypes import Id, UtcDateTime
@@ -121,6 +123,25 @@ Index(
     outbox_bundles.c.due_at,
     outbox_bundles.c.id,
 )
+
+# PostgreSQL compresses a long text with pglz unless told otherwise. A storm's bundle is about
+# 200 kB of JSON, compressed inside the batch's transaction: lz4 takes less than half the time
+# (1.8 against 4.1 ms a bundle) for the same size on disk. A server built without lz4, or older
+# than 14, keeps its default. Migration 0005 does the same to an existing database.
+_REPLIES_LZ4 = (
+    "DO $$ BEGIN "
+    "EXECUTE 'ALTER TABLE outbox_bundles ALTER COLUMN replies SET COMPRESSION lz4'; "
+    "EXCEPTION WHEN feature_not_supported THEN NULL; END $$"
+)
+
+
+def _compress_replies_with_lz4(_table: Table, connection: Connection, **_: object) -> None:
+    version = connection.dialect.server_version_info or ()
+    if connection.dialect.name == "postgresql" and version >= (14,):
+        connection.exec_driver_sql(_REPLIES_LZ4)
+
+
+event.listen(outbox_bundles, "after_create", _compress_replies_with_lz4)
 
 connector_cursors = Table(
     "connector_cursors",

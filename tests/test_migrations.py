@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData
 from typer.testing import CliRunner
 
+from bot.bench import reset_tables
 from bot.cli import app
-from bot.schema import all_metadata
+from bot.schema import alembic_config, all_metadata
 from config.database import create_engine
 
 
@@ -54,3 +57,33 @@ def test_a_database_made_by_replay_can_be_upgraded_later(tmp_path: Path) -> None
     assert replayed.exit_code == 0, replayed.output
     upgraded = runner.invoke(app, ["db", "upgrade", "--db", url])
     assert upgraded.exit_code == 0, upgraded.output
+
+
+def _replies_compression(url: str) -> str:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        method = conn.exec_driver_sql(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'outbox_bundles'::regclass AND attname = 'replies'"
+        ).scalar_one()
+    engine.dispose()
+    return str(method)
+
+
+@pytest.mark.postgres
+def test_bundles_are_compressed_with_lz4_on_postgres(pg_database: str) -> None:
+    # Built by migrations, then down one step and up again, then straight from the metadata.
+    engine = create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", pg_database]).exit_code == 0
+    assert _replies_compression(pg_database) == "l"
+    command.downgrade(alembic_config(pg_database), "0004")
+    assert _replies_compression(pg_database) == ""
+    command.upgrade(alembic_config(pg_database), "head")
+    assert _replies_compression(pg_database) == "l"
+    reset_tables(pg_database)
+    assert _replies_compression(pg_database) == "l"
