@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from bot.pipeline import BatchReport, CampaignDirectory, Envelope, Pipeline, Source, decide
 from bot.schema import prepare
 from config.brand import Brand
-from config.database import create_engine, session_factory
+from config.database import WalCheckpointer, create_engine, session_factory
 from config.loader import load_brand
 from config.settings import get_settings
 from connectors.post import Post
@@ -456,17 +456,19 @@ def replay(
         pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
         read = ReadTotals()
         started = time.perf_counter()
-        if parser_process:
-            with ParserProcess(job) as parser:
+        # SQLite's checkpoints run beside the commits, as in the worker.
+        with WalCheckpointer(url):
+            if parser_process:
+                with ParserProcess(job) as parser:
+                    fed = commit_batches(
+                        pipeline, parser.batches(read), clock=clock, read=read, on_batch=on_batch
+                    )
+                figures = (parser.cpu, parser.peak_rss_mb, parser.waited)
+            else:
                 fed = commit_batches(
-                    pipeline, parser.batches(read), clock=clock, read=read, on_batch=on_batch
+                    pipeline, job.batches(read), clock=clock, read=read, on_batch=on_batch
                 )
-            figures = (parser.cpu, parser.peak_rss_mb, parser.waited)
-        else:
-            fed = commit_batches(
-                pipeline, job.batches(read), clock=clock, read=read, on_batch=on_batch
-            )
-            figures = (0.0, 0.0, 0.0)
+                figures = (0.0, 0.0, 0.0)
         elapsed = time.perf_counter() - started
         with sessions() as session:
             database = database_summary(session, [c.id for c in brand.campaigns])

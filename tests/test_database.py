@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 from sqlalchemy import text
+from waiting import wait_for
 
-from config.database import create_engine, normalize_url
+from config.database import (
+    WAL_AUTOCHECKPOINT_PAGES,
+    WalCheckpointer,
+    create_engine,
+    normalize_url,
+)
 
 
 def test_sqlite_runs_with_wal_and_foreign_keys(tmp_path: Path) -> None:
@@ -15,7 +22,52 @@ def test_sqlite_runs_with_wal_and_foreign_keys(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == WAL_AUTOCHECKPOINT_PAGES
     engine.dispose()
+
+
+def _write_pages(url: str, rows: int) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS filler (n INTEGER, pad TEXT)"))
+        conn.execute(
+            text(
+                "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < :rows) "
+                "INSERT INTO filler SELECT n, printf('%.500c', 'x') FROM s"
+            ),
+            {"rows": rows},
+        )
+    engine.dispose()
+
+
+def test_the_checkpointer_copies_the_log_into_the_database_beside_the_writer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.db"
+    url = f"sqlite:///{path}"
+    _write_pages(url, 1)
+    # A connection left open keeps the log: when the last one closes, SQLite checkpoints on its
+    # own, and this test would prove nothing.
+    held = sqlite3.connect(path, isolation_level=None)
+    held.execute("SELECT count(*) FROM filler").fetchall()
+    _write_pages(url, 2_000)  # about 250 pages, far below WAL_AUTOCHECKPOINT_PAGES
+    before = path.stat().st_size
+    with WalCheckpointer(url, interval=0.05) as checkpointer:
+        wait_for(
+            "the log copied into the database file",
+            lambda: path.stat().st_size > before + 500 * 1_000,
+            timeout=20,
+            show=lambda: (before, path.stat().st_size, checkpointer.checkpoints),
+        )
+    assert checkpointer.checkpoints >= 1
+    held.close()
+
+
+def test_the_checkpointer_does_nothing_for_postgres_or_memory() -> None:
+    for url in ("postgresql://u@h/db", "sqlite://", "sqlite:///:memory:"):
+        with WalCheckpointer(url) as checkpointer:
+            assert checkpointer.path == ""
+        assert checkpointer.checkpoints == 0
 
 
 def test_postgres_urls_use_psycopg3() -> None:

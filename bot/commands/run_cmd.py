@@ -66,18 +66,20 @@ def worker(
 ) -> None:
     """Stream every brand account into the engine and send the replies (Procfile: worker)."""
     from bot.worker import install_stop_signals
-    from config.database import create_engine, session_factory
+    from config.database import WalCheckpointer, create_engine, session_factory
 
     _logging(verbose)
     settings = get_settings()
-    engine = create_engine(db or settings.database_url)
+    url = db or settings.database_url
+    engine = create_engine(url)
     the_worker = Worker(
         session_factory(engine), _brands(settings, brand), max_posts=batch, max_wait_ms=wait_ms
     )
     install_stop_signals(the_worker.request_stop)
-    _start(the_worker)
-    the_worker.wait()
-    the_worker.stop()
+    with WalCheckpointer(url):  # SQLite: checkpoints beside the batches' commits
+        _start(the_worker)
+        the_worker.wait()
+        the_worker.stop()
     engine.dispose()
     if the_worker.health.errors:
         raise typer.Exit(1)
@@ -121,16 +123,18 @@ def run(
     from bot.clock import build_context, start_background
     from bot.web import create_app
     from bot.worker import install_stop_signals
-    from config.database import create_engine, session_factory
+    from config.database import WalCheckpointer, create_engine, session_factory
 
     _logging(verbose)
     settings = get_settings()
     brands = _brands(settings, brand)
     engine = create_engine(db or settings.database_url)
+    checkpointer = WalCheckpointer(db or settings.database_url)
     if create:
         prepare_schema(db or settings.database_url)
     sessions = session_factory(engine)
     the_worker = Worker(sessions, brands)
+    checkpointer.start()  # SQLite: checkpoints beside the batches' commits
     _start(the_worker)
     ctx = build_context(sessions, engine, brands, settings)
     scheduler = start_background(ctx)
@@ -153,6 +157,7 @@ def run(
         if ctx.leadership is not None:
             ctx.leadership.release()
         the_worker.stop()
+        checkpointer.stop()
         engine.dispose()
     if the_worker.health.errors:
         raise typer.Exit(1)
