@@ -1,0 +1,197 @@
+"""The storage floor of a storm: its post and reservation rows inserted with no engine around them.
+
+    .venv/bin/python bench/insert_floor.py [--db URL] [--posts 1300000] [--batch 1000]
+        [--without INDEX ...]
+
+Rows shaped like the storm's (`flashtag bench storm` at the defaults: one post row per post,
+a reservation for 85% of them, seven in ten of those waitlisted, buyers drawn from 900,000 fans)
+go through the engine's own statements (`orders.bulk.insert_new` for posts, `insert_rows` for
+reservations), one transaction per batch, and nothing else runs: no parsing, no placing, no
+wallet, no outbox. What this takes is what the storm cannot go below on this schema, whatever
+the Python around it. `--without` drops the named indexes of `order_reservations` first, to
+show what each costs (`ix_order_reservations_campaign_buyer`, say).
+
+Prints one JSON object: seconds of wall and CPU time per table (CPU of this process: on SQLite
+that includes the database, on PostgreSQL the server's work is in the wall time only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bot.bench import drop_tables, reset_tables
+from config.database import WalCheckpointer, create_engine, session_factory
+from orders.bulk import insert_new, insert_rows, time_encoder
+from orders.engine import POST_COLUMNS
+from orders.placing import RESERVATION_COLUMNS
+from orders.tables import posts, reservations
+
+SKUS = ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
+FANS = 900_000
+OPENS = datetime(2012, 9, 5, 12, 0, tzinfo=UTC)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _batch(rng: random.Random, first: int, size: int, encode: Any) -> tuple[list[Any], list[Any]]:
+    """One batch of post rows and reservation rows, ids and post ids going up as in a storm."""
+    post_rows: list[Any] = []
+    reservation_rows: list[Any] = []
+    for n in range(first, first + size):
+        post_id = str(88_576_465_308_876_800 + n * 65_536)
+        buyer = f"mastodon:{rng.randrange(FANS) + 100_000}"
+        posted = encode(OPENS + timedelta(microseconds=n * 230 + rng.randrange(1000)))
+        post_rows.append(("mastodon", post_id, "mi2", buyer, posted, "order", None, 1))
+        draw = rng.random()
+        if draw >= 0.85:
+            continue
+        state = "waitlisted" if draw < 0.6 else "rejected" if draw < 0.8 else "awaiting_payment"
+        expires = encode(OPENS + timedelta(minutes=30)) if state == "awaiting_payment" else None
+        reservation_rows.append(
+            (
+                n,
+                "mi2",
+                "mastodon",
+                post_id,
+                0,
+                buyer,
+                f"@fan{buyer[9:]}@example.social",
+                "zh",
+                "public",
+                SKUS[n % 4],
+                1,
+                state,
+                "over_limit" if state == "rejected" else None,
+                posted,
+                posted if state == "awaiting_payment" else None,
+                expires,
+                n if state == "waitlisted" else None,
+                199_900,
+                None,
+            )
+        )
+    return post_rows, reservation_rows
+
+
+def _timed(spent: dict[str, list[float]], name: str, step: Any, *args: Any, **kwargs: Any) -> None:
+    wall, cpu = time.perf_counter(), _cpu()
+    step(*args, **kwargs)
+    spent[name][0] += time.perf_counter() - wall
+    spent[name][1] += _cpu() - cpu
+
+
+def _insert(
+    sessions: Any, rng: random.Random, total: int, batch: int, spent: dict[str, list[float]]
+) -> int:
+    """Insert the storm's rows batch by batch; returns how many reservations went in."""
+    reserved = 0
+    for first in range(0, total, batch):
+        now = OPENS + timedelta(microseconds=(first + batch) * 230)
+        with sessions() as session, session.begin():
+            post_rows, reservation_rows = _batch(
+                rng, first, min(batch, total - first), time_encoder(session)
+            )
+            reserved += len(reservation_rows)
+            _timed(
+                spent,
+                "posts",
+                insert_new,
+                session,
+                posts,
+                POST_COLUMNS,
+                post_rows,
+                key=("platform", "post_id"),
+                constants={"attempts": 1, "seen_at": now},
+            )
+            _timed(
+                spent,
+                "reservations",
+                insert_rows,
+                session,
+                reservations,
+                RESERVATION_COLUMNS,
+                reservation_rows,
+                constants={"cause": "order", "created_at": now, "updated_at": now},
+                encoded=True,
+            )
+            _timed(spent, "commit", session.commit)
+    return reserved
+
+
+def run(
+    url: str,
+    total: int,
+    batch: int,
+    without: list[str],
+    *,
+    checkpointer: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    reset_tables(url)
+    engine = create_engine(url)
+    spent = {"posts": [0.0, 0.0], "reservations": [0.0, 0.0], "commit": [0.0, 0.0]}
+    try:
+        with engine.begin() as conn:
+            for name in without:
+                conn.execute(text(f"DROP INDEX {name}"))
+        started = time.perf_counter()
+        # As the worker and the replay run it (it does nothing on PostgreSQL).
+        with WalCheckpointer(url if checkpointer else "postgresql://"):
+            reserved = _insert(session_factory(engine), random.Random(seed), total, batch, spent)
+        elapsed = time.perf_counter() - started
+    finally:
+        engine.dispose()
+        drop_tables(url)
+    return {
+        "database": "postgresql" if url.startswith("postgres") else "sqlite",
+        "posts": total,
+        "reservations": reserved,
+        "batch": batch,
+        "without": without,
+        "checkpointer": checkpointer,
+        "elapsed_s": round(elapsed, 2),
+        "wall_s": {name: round(w, 2) for name, (w, _) in spent.items()},
+        "cpu_s": {name: round(c, 2) for name, (_, c) in spent.items()},
+        "us_per_row": {
+            "posts": round(spent["posts"][0] / total * 1e6, 1),
+            "reservations": round(spent["reservations"][0] / max(reserved, 1) * 1e6, 1),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", help="database URL (default: a fresh SQLite file)")
+    parser.add_argument("--posts", type=int, default=1_300_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--without", nargs="*", default=[], help="indexes to drop first")
+    parser.add_argument(
+        "--no-checkpointer",
+        action="store_true",
+        help="SQLite: checkpoint from the committing connection only, without the thread",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        url = args.db or f"sqlite:///{Path(scratch) / 'floor.db'}"
+        result = run(
+            url, args.posts, args.batch, args.without, checkpointer=not args.no_checkpointer
+        )
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
