@@ -1,7 +1,7 @@
 """The storage floor of a storm: its post and reservation rows inserted with no engine around them.
 
     .venv/bin/python bench/insert_floor.py [--db URL] [--posts 1300000] [--batch 1000]
-        [--without INDEX ...]
+        [--without INDEX ...] [--no-checkpointer] [--wal-autocheckpoint PAGES]
 
 Rows shaped like the storm's (`flashtag bench storm` at the defaults: one post row per post,
 a reservation for 85% of them, seven in ten of those waitlisted, buyers drawn from 900,000 fans)
@@ -9,7 +9,9 @@ go through the engine's own statements (`orders.bulk.insert_new` for posts, `ins
 reservations), one transaction per batch, and nothing else runs: no parsing, no placing, no
 wallet, no outbox. What this takes is what the storm cannot go below on this schema, whatever
 the Python around it. `--without` drops the named indexes of `order_reservations` first, to
-show what each costs (`ix_order_reservations_campaign_buyer`, say).
+show what each costs (`ix_order_reservations_campaign_buyer`, say). On SQLite the log is
+checkpointed as the worker does it (`config.database.WalCheckpointer`); `--no-checkpointer` and
+`--wal-autocheckpoint 1000` (SQLite's own default) show what that saves.
 
 Prints one JSON object: seconds of wall and CPU time per table (CPU of this process: on SQLite
 that includes the database, on PostgreSQL the server's work is in the wall time only).
@@ -31,6 +33,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bot.bench import drop_tables, reset_tables
+from config import database
 from config.database import WalCheckpointer, create_engine, session_factory
 from orders.bulk import insert_new, insert_rows, time_encoder
 from orders.engine import POST_COLUMNS
@@ -163,6 +166,7 @@ def run(
         "batch": batch,
         "without": without,
         "checkpointer": checkpointer,
+        "wal_autocheckpoint": database.WAL_AUTOCHECKPOINT_PAGES,
         "elapsed_s": round(elapsed, 2),
         "wall_s": {name: round(w, 2) for name, (w, _) in spent.items()},
         "cpu_s": {name: round(c, 2) for name, (_, c) in spent.items()},
@@ -184,7 +188,14 @@ def main() -> None:
         action="store_true",
         help="SQLite: checkpoint from the committing connection only, without the thread",
     )
+    parser.add_argument(
+        "--wal-autocheckpoint",
+        type=int,
+        default=database.WAL_AUTOCHECKPOINT_PAGES,
+        help="SQLite: pages in the log before a commit checkpoints it",
+    )
     args = parser.parse_args()
+    database.WAL_AUTOCHECKPOINT_PAGES = args.wal_autocheckpoint  # read at each connection
     with tempfile.TemporaryDirectory() as scratch:
         url = args.db or f"sqlite:///{Path(scratch) / 'floor.db'}"
         result = run(
