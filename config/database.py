@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import MetaData, event
 from sqlalchemy import create_engine as _create_engine
@@ -149,7 +150,10 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # Read-write, never create: a database that is not there yet is not ours to make.
+            connection = sqlite3.connect(
+                f"file:{quote(self.path)}?mode=rw", timeout=30, isolation_level=None, uri=True
+            )
         except sqlite3.Error:
             log.warning("cannot open %s to checkpoint it", self.path, exc_info=True)
             return

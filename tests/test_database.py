@@ -63,6 +63,14 @@ def test_the_checkpointer_copies_the_log_into_the_database_beside_the_writer(
     held.close()
 
 
+def test_the_checkpointer_never_creates_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "not here yet.db"
+    with WalCheckpointer(f"sqlite:///{path}", interval=0.01) as checkpointer:
+        pass  # the thread opens its connection first thing; leaving the block joins it
+    assert not path.exists()
+    assert checkpointer.checkpoints == 0
+
+
 def test_the_checkpointer_does_nothing_for_postgres_or_memory() -> None:
     for url in ("postgresql://u@h/db", "sqlite://", "sqlite:///:memory:"):
         with WalCheckpointer(url) as checkpointer:
