@@ -9,6 +9,7 @@ so the wallet never needs the orders models and the orders never need the outbox
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from types import TracebackType
@@ -70,6 +71,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    # Once checkpointed, a log that grew past this is cut back to it, not kept at its largest.
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_AUTOCHECKPOINT_PAGES * 4096}")
     cursor.close()
 
 
@@ -117,6 +120,8 @@ class WalCheckpointer:
         self.path = database if parsed.get_backend_name() == "sqlite" else ""
         if self.path == ":memory:" or self.path.startswith("file:"):
             self.path = ""
+        if self.path:  # as SQLAlchemy resolves it when the engine is made
+            self.path = os.path.abspath(self.path)
         self.interval = interval
         self.checkpoints = 0
         self._stop = threading.Event()
@@ -148,21 +153,30 @@ class WalCheckpointer:
     ) -> None:
         self.stop()
 
-    def _run(self) -> None:
+    def _connect(self) -> sqlite3.Connection | None:
         try:
             # Read-write, never create: a database that is not there yet is not ours to make.
-            connection = sqlite3.connect(
+            return sqlite3.connect(
                 f"file:{quote(self.path)}?mode=rw", timeout=30, isolation_level=None, uri=True
             )
         except sqlite3.Error:
-            log.warning("cannot open %s to checkpoint it", self.path, exc_info=True)
-            return
+            log.debug("%s cannot be opened yet to checkpoint it", self.path, exc_info=True)
+            return None
+
+    def _run(self) -> None:
+        connection = self._connect()
         try:
             while not self._stop.wait(self.interval):
+                if connection is None:  # the database did not exist yet: try again
+                    connection = self._connect()
+                    continue
                 try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    busy, _, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # the file went away, say: try again next time
+                    log.debug("checkpoint of %s failed", self.path, exc_info=True)
+                    continue
+                if not busy:  # busy: another checkpoint was running; next time, then
                     self.checkpoints += 1
-                except sqlite3.Error:  # busy, or the file went away: try again next time
-                    log.debug("checkpoint of %s skipped", self.path, exc_info=True)
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()

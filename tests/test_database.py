@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from waiting import wait_for
 
@@ -23,6 +25,9 @@ def test_sqlite_runs_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == WAL_AUTOCHECKPOINT_PAGES
+        assert conn.execute(text("PRAGMA journal_size_limit")).scalar() == (
+            WAL_AUTOCHECKPOINT_PAGES * 4096
+        )
     engine.dispose()
 
 
@@ -63,12 +68,21 @@ def test_the_checkpointer_copies_the_log_into_the_database_beside_the_writer(
     held.close()
 
 
-def test_the_checkpointer_never_creates_a_database(tmp_path: Path) -> None:
+def test_the_checkpointer_never_creates_a_database_and_waits_for_it(tmp_path: Path) -> None:
     path = tmp_path / "not here yet.db"
     with WalCheckpointer(f"sqlite:///{path}", interval=0.01) as checkpointer:
-        pass  # the thread opens its connection first thing; leaving the block joins it
-    assert not path.exists()
-    assert checkpointer.checkpoints == 0
+        time.sleep(0.1)
+        assert not path.exists()
+        assert checkpointer.checkpoints == 0
+        _write_pages(f"sqlite:///{path}", 1)  # now it is there: the thread opens it
+        wait_for("a checkpoint", lambda: checkpointer.checkpoints > 0, timeout=10)
+
+
+def test_the_checkpointer_resolves_a_relative_path_where_it_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert WalCheckpointer("sqlite:///relative.db").path == str(tmp_path / "relative.db")
 
 
 def test_the_checkpointer_does_nothing_for_postgres_or_memory() -> None:

@@ -134,7 +134,6 @@ def run(
         prepare_schema(db or settings.database_url)
     sessions = session_factory(engine)
     the_worker = Worker(sessions, brands)
-    checkpointer.start()  # SQLite: checkpoints beside the batches' commits
     _start(the_worker)
     ctx = build_context(sessions, engine, brands, settings)
     scheduler = start_background(ctx)
@@ -146,6 +145,7 @@ def run(
     web.start()
     install_stop_signals(the_worker.request_stop)
     try:
+        checkpointer.start()  # SQLite: checkpoints beside the batches' commits
         while not the_worker.wait(0.5):
             if not web.is_alive():  # the port was taken, or the server failed
                 the_worker.health.errors.append("the web server stopped")
