@@ -7,8 +7,9 @@ Rows shaped like the storm's (`flashtag bench storm` at the defaults: one post r
 a reservation for 85% of them, seven in ten of those waitlisted, buyers drawn from 900,000 fans)
 go through the engine's own statements (`orders.bulk.insert_new` for posts, `insert_rows` for
 reservations), one transaction per batch, and nothing else runs: no parsing, no placing, no
-wallet, no outbox. What this takes is what the storm cannot go below on this schema, whatever
-the Python around it. `--without` drops the named indexes of `order_reservations` first, to
+wallet, no outbox. The time spent in the inserts and commits (`wall_s`, not `elapsed_s`, which
+also counts generating the rows) is what the storm's writer cannot go below on this schema,
+whatever the Python around it. `--without` drops the named indexes of `order_reservations` first, to
 show what each costs (`ix_order_reservations_campaign_buyer`, say). On SQLite the log is
 checkpointed as the worker does it (`config.database.WalCheckpointer`); `--no-checkpointer` and
 `--wal-autocheckpoint 1000` (SQLite's own default) show what that saves.
