@@ -107,18 +107,28 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database with no tables at all, for migrations to build: SQLite, then PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'migrated.db'}"
-    url: str = request.getfixturevalue("pg_database")
+def _emptied(url: str) -> str:
+    """`url`'s PostgreSQL database with nothing in it: its public schema dropped and made again."""
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no tables at all, for migrations to build: SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'migrated.db'}"
+    return _emptied(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def empty_pg_db(pg_database: str) -> str:
+    """PostgreSQL only, with no tables at all (for what only PostgreSQL does)."""
+    return _emptied(pg_database)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bot.bench import reset_tables
 from bot.cli import app
-from bot.schema import alembic_config, all_metadata
+from bot.schema import alembic_config, all_metadata, upgrade
 from config.database import create_engine
 
 
@@ -86,21 +86,15 @@ def _replies_compression(url: str) -> str:
 
 
 @pytest.mark.postgres
-def test_bundles_are_compressed_with_lz4_on_postgres(pg_database: str) -> None:
+def test_bundles_are_compressed_with_lz4_on_postgres(empty_pg_db: str) -> None:
     # Built by migrations, then down one step and up again, then straight from the metadata.
-    if not _lz4_supported(pg_database):
+    if not _lz4_supported(empty_pg_db):
         pytest.skip("this PostgreSQL has no lz4 (older than 14, or built without it)")
-    engine = create_engine(pg_database)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    runner = CliRunner()
-    assert runner.invoke(app, ["db", "upgrade", "--db", pg_database]).exit_code == 0
-    assert _replies_compression(pg_database) == "l"
-    command.downgrade(alembic_config(pg_database), "0004")
-    assert _replies_compression(pg_database) == ""
-    command.upgrade(alembic_config(pg_database), "head")
-    assert _replies_compression(pg_database) == "l"
-    reset_tables(pg_database)
-    assert _replies_compression(pg_database) == "l"
+    upgrade(empty_pg_db)
+    assert _replies_compression(empty_pg_db) == "l"
+    command.downgrade(alembic_config(empty_pg_db), "0004")
+    assert _replies_compression(empty_pg_db) == ""
+    upgrade(empty_pg_db)
+    assert _replies_compression(empty_pg_db) == "l"
+    reset_tables(empty_pg_db)
+    assert _replies_compression(empty_pg_db) == "l"
