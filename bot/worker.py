@@ -179,9 +179,8 @@ class Worker:
         """Load campaigns, open every account, and start streaming, committing and sending."""
         with self._sessions() as session, session.begin():
             load_campaigns(session, self.brands, now=self._clock.now())
-        initial: dict[str, str | None] = {}
         with self._sessions() as session:
-            initial.update(cursors.load_all(session))
+            initial: dict[str, str | None] = dict(cursors.load_all(session))
         for brand in self.brands:
             for connector in self._factory(brand, self._clock, initial):
                 source = Source(brand.brand.id, connector.platform)

@@ -102,6 +102,11 @@ class _Walk:
     pages: int = 0
 
 
+def _resumed(walk: _Walk | None, cursor: str | None) -> _Walk:
+    """`walk` if it is a walk from `cursor` to go on with, else a new walk from `cursor`."""
+    return walk if walk is not None and walk.cursor == cursor else _Walk(cursor)
+
+
 @dataclass
 class _Feed:
     """One feed the poll walks: the mentions, or the hashtag's recent search."""
@@ -308,7 +313,7 @@ class XConnector(Connector):
     def fetch(self, cursor: str | None, walk: _Walk | None = None) -> Fetched:
         """(tweet id, Post) for every mention after `cursor`, oldest first, and the new cursor.
         `walk` carries a walk a rate limit cut short, to go on with (same cursor only)."""
-        walk = walk if walk is not None and walk.cursor == cursor else _Walk(cursor)
+        walk = _resumed(walk, cursor)
         return self._walk(
             self.poll_pacer, lambda token: self._mentions_page(cursor, token), walk, "mentions"
         )
@@ -318,8 +323,7 @@ class XConnector(Connector):
         oldest first, and the new cursor; with no cursor, from the campaign's opening."""
         if self._hashtag is None:
             raise RuntimeError("this connector has no hashtag")
-        if walk is None or walk.cursor != cursor:
-            walk = _Walk(cursor)
+        walk = _resumed(walk, cursor)
         if walk.pages == 0:  # a new walk: its bounds are fixed now, for all its pages
             walk.bounds = self._search_bounds(cursor)
         since_id, start_time = walk.bounds
@@ -385,8 +389,7 @@ class XConnector(Connector):
         """One poll of one feed: deliver what is new, or note when to try again."""
         if feed.wait(self._clock.now()) > 0:
             return
-        if feed.walk is None or feed.walk.cursor != feed.cursor:
-            feed.walk = _Walk(feed.cursor)
+        feed.walk = _resumed(feed.walk, feed.cursor)
         try:
             found, newest = feed.fetch(feed.cursor, feed.walk)
         except RateLimited as exc:
