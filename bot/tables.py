@@ -35,11 +35,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from config.database import new_metadata
-from config.sqltypes import Id, UtcDateTime
+from config.sqltypes import Id, UtcDateTime, sql_one_of
 
 metadata = new_metadata()
 
 OUTBOX_STATES = ("queued", "sending", "sent", "failed")
+VISIBILITIES = ("public", "unlisted", "private", "direct")
 
 
 outbox_messages = Table(
@@ -74,10 +75,8 @@ outbox_messages = Table(
     Column("platform_id", String(100)),
     Column("error", Text),
     UniqueConstraint("account", "idempotency_key"),
-    CheckConstraint("state IN ('queued', 'sending', 'sent', 'failed')", name="state_known"),
-    CheckConstraint(
-        "visibility IN ('public', 'unlisted', 'private', 'direct')", name="visibility_known"
-    ),
+    CheckConstraint(sql_one_of("state", OUTBOX_STATES), name="state_known"),
+    CheckConstraint(sql_one_of("visibility", VISIBILITIES), name="visibility_known"),
     CheckConstraint("state <> 'sent' OR platform_id IS NOT NULL", name="sent_has_platform_id"),
     CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     CheckConstraint("text IS NOT NULL OR facts IS NOT NULL", name="text_or_facts"),

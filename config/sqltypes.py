@@ -41,6 +41,16 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def sql_in(column: str, values: tuple[str, ...]) -> str:
-    """`column IN ('a', 'b')` for a CHECK constraint over fixed, trusted values."""
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+def sql_one_of(column: str, values: tuple[str, ...]) -> str:
+    """`(column = 'a' OR column = 'b')`, for a CHECK constraint over fixed, trusted values.
+
+    Not `column IN ('a', 'b', 'c')`: SQLite builds a lookup table for a list of more than two
+    constants each time a statement runs, and an `executemany` runs the INSERT once per row. On
+    the reservations' ten constraints that cost about 6 us a row, a third of the insert; the
+    comparisons cost next to nothing. (NULL passes both forms alike.)"""
+    return "(" + " OR ".join(f"{column} = {v!r}" for v in values) + ")"
+
+
+def sql_none_of(column: str, values: tuple[str, ...]) -> str:
+    """`(column <> 'a' AND column <> 'b')`: `column NOT IN (...)` written as `sql_one_of` is."""
+    return "(" + " AND ".join(f"{column} <> {v!r}" for v in values) + ")"

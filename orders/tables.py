@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 
 from config.database import new_metadata
-from config.sqltypes import Id, UtcDateTime, sql_in
+from config.sqltypes import Id, UtcDateTime, sql_none_of, sql_one_of
 
 metadata = new_metadata()
 
@@ -145,16 +145,19 @@ reservations = Table(
     CheckConstraint("quantity > 0", name="quantity_positive"),
     CheckConstraint("part >= 0", name="part"),
     CheckConstraint("amount >= 0", name="amount"),
-    CheckConstraint(sql_in("state", STATES), name="state"),
-    CheckConstraint(f"payment IS NULL OR {sql_in('payment', PAYMENTS)}", name="payment"),
+    CheckConstraint(sql_one_of("state", STATES), name="state"),
+    CheckConstraint(f"payment IS NULL OR {sql_one_of('payment', PAYMENTS)}", name="payment"),
     CheckConstraint(
-        "state NOT IN ('awaiting_payment', 'confirmed') OR allocated_at IS NOT NULL",
+        f"{sql_none_of('state', ALLOCATED_STATES)} OR allocated_at IS NOT NULL",
         name="allocated_has_stock",
     ),
     CheckConstraint(
         "state <> 'awaiting_payment' OR hold_expires_at IS NOT NULL", name="awaiting_expires"
     ),
-    CheckConstraint("state <> 'confirmed' OR payment IN ('held', 'posted')", name="confirmed_paid"),
+    CheckConstraint(
+        f"state <> 'confirmed' OR {sql_one_of('payment', ('held', 'posted'))}",
+        name="confirmed_paid",
+    ),
     CheckConstraint("state <> 'waitlisted' OR queue_ticket IS NOT NULL", name="waitlist_ticket"),
 )
 Index("ix_order_reservations_campaign_buyer", reservations.c.campaign_id, reservations.c.buyer)
@@ -192,6 +195,6 @@ transitions = Table(
     Column("to_state", String(20), nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Column("cause", String(32), nullable=False),
-    CheckConstraint(sql_in("to_state", STATES), name="to_state"),
+    CheckConstraint(sql_one_of("to_state", STATES), name="to_state"),
 )
 Index("ix_order_transitions_reservation_id", transitions.c.reservation_id)

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from config.database import new_metadata
-from config.sqltypes import Id, UtcDateTime, sql_in
+from config.sqltypes import Id, UtcDateTime, sql_one_of
 
 metadata = new_metadata()
 
@@ -66,7 +66,7 @@ accounts = Table(
     # Owner first: batch lookups by owner must probe this index, never scan by kind/currency.
     UniqueConstraint("owner", "currency", "kind"),
     UniqueConstraint("id", "currency", name="uq_wallet_accounts_id_currency"),
-    CheckConstraint(sql_in("kind", ACCOUNT_KINDS), name="kind"),
+    CheckConstraint(sql_one_of("kind", ACCOUNT_KINDS), name="kind"),
     CheckConstraint("length(currency) = 3 AND upper(currency) = currency", name="currency"),
     CheckConstraint("length(owner) > 0", name="owner"),
     CheckConstraint(
@@ -104,8 +104,8 @@ transfers = Table(
     UniqueConstraint("id", "amount", "currency", name="uq_wallet_transfers_id_amount_currency"),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("length(ref) > 0", name="ref"),
-    CheckConstraint(sql_in("kind", TRANSFER_KINDS), name="kind"),
-    CheckConstraint(sql_in("state", TRANSFER_STATES), name="state"),
+    CheckConstraint(sql_one_of("kind", TRANSFER_KINDS), name="kind"),
+    CheckConstraint(sql_one_of("state", TRANSFER_STATES), name="state"),
     CheckConstraint("state = 'posted' OR kind = 'purchase'", name="only_holds_pend"),
     CheckConstraint(
         "(state = 'pending' AND resolved_at IS NULL AND expires_at IS NOT NULL) "
@@ -123,7 +123,7 @@ legs = Table(
     Column("account_id", Id, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
-    CheckConstraint(sql_in("side", SIDES), name="side"),
+    CheckConstraint(sql_one_of("side", SIDES), name="side"),
     CheckConstraint("amount > 0", name="amount_positive"),
     ForeignKeyConstraint(
         ["transfer_id", "amount", "currency"],

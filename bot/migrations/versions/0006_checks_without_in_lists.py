@@ -1,0 +1,154 @@
+"""Write the CHECK constraints of the hot tables as comparisons, not `IN (...)` lists.
+
+SQLite builds a lookup table for an `IN` list of more than two constants each time a statement
+runs, and a batch insert runs its statement once per row: the reservations' constraints cost
+about 6 us a row that way. `(state = 'a' OR state = 'b')` allows and refuses exactly the same
+values (NULL passes both), so no row is checked again:
+
+- SQLite: the table definitions in `sqlite_schema` are edited in place, the procedure SQLite
+  documents for changes that leave the stored rows valid (ALTER TABLE, "Making Other Kinds Of
+  Table Schema Changes"). Rebuilding the tables would copy every reservation, and on a
+  database with foreign keys on it cannot drop a referenced table.
+- PostgreSQL: each constraint is dropped and added again, in the same transaction.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-03 18:30:00.000000
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+_STATES = ("awaiting_payment", "confirmed", "waitlisted", "cancelled", "expired", "rejected")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return "(" + " OR ".join(f"{column} = {v!r}" for v in values) + ")"
+
+
+# (table, constraint, text before, text after), the texts as they are at each revision.
+CHECKS = (
+    (
+        "order_reservations",
+        "ck_order_reservations_state",
+        _in("state", _STATES),
+        _one_of("state", _STATES),
+    ),
+    (
+        "order_reservations",
+        "ck_order_reservations_payment",
+        "payment IS NULL OR payment IN ('held', 'posted', 'voided', 'refunded')",
+        "payment IS NULL OR " + _one_of("payment", ("held", "posted", "voided", "refunded")),
+    ),
+    (
+        "order_reservations",
+        "ck_order_reservations_allocated_has_stock",
+        "state NOT IN ('awaiting_payment', 'confirmed') OR allocated_at IS NOT NULL",
+        "(state <> 'awaiting_payment' AND state <> 'confirmed') OR allocated_at IS NOT NULL",
+    ),
+    (
+        "order_reservations",
+        "ck_order_reservations_confirmed_paid",
+        "state <> 'confirmed' OR payment IN ('held', 'posted')",
+        "state <> 'confirmed' OR " + _one_of("payment", ("held", "posted")),
+    ),
+    (
+        "order_transitions",
+        "ck_order_transitions_to_state",
+        _in("to_state", _STATES),
+        _one_of("to_state", _STATES),
+    ),
+    (
+        "wallet_accounts",
+        "ck_wallet_accounts_kind",
+        _in("kind", ("wallet", "sales", "clearing")),
+        _one_of("kind", ("wallet", "sales", "clearing")),
+    ),
+    (
+        "wallet_transfers",
+        "ck_wallet_transfers_kind",
+        _in("kind", ("topup", "cashout", "purchase", "refund")),
+        _one_of("kind", ("topup", "cashout", "purchase", "refund")),
+    ),
+    (
+        "wallet_transfers",
+        "ck_wallet_transfers_state",
+        _in("state", ("pending", "posted", "voided")),
+        _one_of("state", ("pending", "posted", "voided")),
+    ),
+    (
+        "wallet_legs",
+        "ck_wallet_legs_side",
+        _in("side", ("debit", "credit")),
+        _one_of("side", ("debit", "credit")),
+    ),
+    (
+        "outbox_messages",
+        "ck_outbox_messages_state_known",
+        _in("state", ("queued", "sending", "sent", "failed")),
+        _one_of("state", ("queued", "sending", "sent", "failed")),
+    ),
+    (
+        "outbox_messages",
+        "ck_outbox_messages_visibility_known",
+        _in("visibility", ("public", "unlisted", "private", "direct")),
+        _one_of("visibility", ("public", "unlisted", "private", "direct")),
+    ),
+)
+
+
+def _rewrite_sqlite(swaps: list[tuple[str, str, str, str]]) -> None:
+    """Swap each constraint's text in its table's definition; the whole edit is one change of
+    the schema (its version goes up once, so every connection reads the new definitions)."""
+    bind = op.get_bind()
+    definitions: dict[str, str] = {}
+    for table, name, old, new in swaps:
+        sql = definitions.get(table)
+        if sql is None:
+            sql = bind.exec_driver_sql(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)
+            ).scalar_one()
+        before, after = f"CONSTRAINT {name} CHECK ({old})", f"CONSTRAINT {name} CHECK ({new})"
+        if sql.count(before) != 1:
+            if sql.count(after) == 1:  # already written this way
+                definitions[table] = sql
+                continue
+            raise RuntimeError(f"{table}: constraint {name} is not as revision 0005 left it")
+        definitions[table] = sql.replace(before, after)
+    version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    bind.exec_driver_sql("PRAGMA writable_schema = ON")
+    try:
+        for table, sql in definitions.items():
+            bind.exec_driver_sql(
+                "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?", (sql, table)
+            )
+        bind.exec_driver_sql(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        bind.exec_driver_sql("PRAGMA writable_schema = OFF")
+
+
+def _rewrite(swaps: list[tuple[str, str, str, str]]) -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        _rewrite_sqlite(swaps)
+        return
+    for table, name, _, new in swaps:
+        op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+        op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({new})")
+
+
+def upgrade() -> None:
+    _rewrite(list(CHECKS))
+
+
+def downgrade() -> None:
+    _rewrite([(table, name, new, old) for table, name, old, new in CHECKS])
