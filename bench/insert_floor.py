@@ -10,7 +10,7 @@ reservations), one transaction per batch, and nothing else runs: no parsing, no 
 wallet, no outbox. The time spent in the inserts and commits (`wall_s`, not `elapsed_s`, which
 also counts generating the rows) is what the storm's writer cannot go below on this schema,
 whatever the Python around it. `--without` drops the named indexes of `order_reservations` first, to
-show what each costs (`ix_order_reservations_buyer_key`, say). On SQLite the log is
+show what each costs (`ix_order_reservations_campaign_buyer`, say). On SQLite the log is
 checkpointed as the worker does it (`config.database.WalCheckpointer`); `--no-checkpointer` and
 `--wal-autocheckpoint 1000` (SQLite's own default) show what that saves.
 
@@ -39,7 +39,7 @@ from config.database import WalCheckpointer, create_engine, session_factory
 from orders.bulk import insert_new, insert_rows, time_encoder
 from orders.engine import POST_COLUMNS
 from orders.placing import RESERVATION_COLUMNS
-from orders.tables import buyer_key, posts, reservations
+from orders.tables import posts, reservations
 
 SKUS = ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
 FANS = 900_000
@@ -73,7 +73,6 @@ def _batch(rng: random.Random, first: int, size: int, encode: Any) -> tuple[list
                 post_id,
                 0,
                 buyer,
-                buyer_key(buyer),
                 f"@fan{buyer[9:]}@example.social",
                 "zh",
                 "public",

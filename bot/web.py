@@ -49,7 +49,7 @@ from bot.replies import money
 from config.brand import Brand, Campaign
 from config.settings import Settings
 from orders import queue
-from orders.tables import of_buyer, products, reservations
+from orders.tables import products, reservations
 from wallet import ledger
 from wallet.stripe_payments import (
     BadSignatureError,
@@ -141,7 +141,7 @@ def _hold_deadline(
     r = reservations
     found: datetime | None = session.execute(
         select(func.min(r.c.hold_expires_at)).where(
-            of_buyer(buyer),
+            r.c.buyer == buyer,
             r.c.campaign_id == campaign_id,
             r.c.state == "awaiting_payment",
             r.c.hold_expires_at > now,
@@ -155,7 +155,7 @@ def _amount_due(session: Session, buyer: str, campaign: Campaign, now: datetime)
     r = reservations
     due = session.execute(
         select(func.coalesce(func.sum(r.c.amount), 0)).where(
-            of_buyer(buyer),
+            r.c.buyer == buyer,
             r.c.campaign_id == campaign.id,
             r.c.state == "awaiting_payment",
             r.c.hold_expires_at > now,
@@ -400,7 +400,7 @@ def status_page(site: Site, token: str, paid: bool) -> Response:
                     products,
                     (products.c.campaign_id == r.c.campaign_id) & (products.c.sku == r.c.sku),
                 )
-                .where(of_buyer(link.buyer), r.c.campaign_id == campaign.id)
+                .where(r.c.buyer == link.buyer, r.c.campaign_id == campaign.id)
                 .order_by(r.c.posted_at, r.c.post_id, r.c.part)
             )
             .mappings()

@@ -8,8 +8,7 @@ means everything holds:
   reservation with `allocated_at`); `waitlisted` equals the units waiting;
 - posts: every reservation belongs to a recorded post; the parts of one post that were not
   rejected add up to what it ordered, or to nothing (no post is reserved twice);
-- limits: no buyer holds more live units in a campaign than its `per_buyer_limit`, and every
-  reservation carries its buyer's `buyer_key` (one that did not would be missed by the limit);
+- limits: no buyer holds more live units in a campaign than its `per_buyer_limit`;
 - money: every paid reservation has its purchase in the ledger in the matching state and
   amount, every refunded one its refund, and the ledger itself balances (`wallet.ledger.audit`);
 - Stripe: every paid top-up is credited exactly once, nobody is refunded more than they paid,
@@ -26,7 +25,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from orders.payments import hold_ref, refund_ref
-from orders.tables import ALLOCATED_STATES, buyer_key, campaigns, posts, products, reservations
+from orders.tables import ALLOCATED_STATES, campaigns, posts, products, reservations
 from wallet import ledger, stripe_payments
 from wallet.tables import transfers
 
@@ -134,14 +133,6 @@ def check_limits(session: Session) -> list[str]:
     return problems
 
 
-def check_buyer_keys(session: Session) -> list[str]:
-    return [
-        f"buyer {row.buyer}: reservations under the key {row.buyer_key}, not {buyer_key(row.buyer)}"
-        for row in session.execute(select(r_.buyer, r_.buyer_key).distinct())
-        if row.buyer_key != buyer_key(row.buyer)
-    ]
-
-
 def check_payments(session: Session) -> list[str]:
     problems: list[str] = []
     ledger_rows = {
@@ -180,7 +171,6 @@ CHECKS: tuple[Check, ...] = (
     check_stock,
     check_posts,
     check_limits,
-    check_buyer_keys,
     check_payments,
     ledger.audit,
     stripe_payments.audit,

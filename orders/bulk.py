@@ -18,7 +18,6 @@ import orjson
 from sqlalchemy import (
     DateTime,
     Select,
-    String,
     Table,
     Text,
     TextClause,
@@ -92,9 +91,7 @@ def matching(
             .table_valued("value")
             .alias("k")
         )
-        # The values come out as text; a key of another type (an integer) is compared as one.
-        value = keys.c.value if isinstance(column.type, String) else cast(keys.c.value, column.type)
-        inner = stmt.where(column == value).offset(0).lateral("r")
+        inner = stmt.where(column == keys.c.value).offset(0).lateral("r")
         return select(inner).select_from(keys).join(inner, true())
     each = func.json_each(bindparam(None, payload, type_=Text())).table_valued("value")
     return stmt.where(column.in_(select(each.c.value)))

@@ -47,7 +47,7 @@ from orders.outcomes import Outcome
 from orders.payments import balances
 from orders.placing import outcome_for, place_orders
 from orders.queue import positions
-from orders.tables import LIVE_STATES, buyer_key, posts, reservations
+from orders.tables import LIVE_STATES, posts, reservations
 
 __all__ = [
     "apply",
@@ -313,8 +313,7 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
         return
     session = book.session
     campaign_ids = sorted({c.campaign_id for _, c in items})
-    # Found by the buyers' keys; rows of another buyer with the same key are left out below.
-    keys = sorted({buyer_key(c.buyer) for _, c in items})
+    buyers = sorted({c.buyer for _, c in items})
     rows = sorted(
         session.execute(
             matching(
@@ -323,8 +322,8 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
                     reservations.c.campaign_id.in_(campaign_ids),
                     reservations.c.state.in_(LIVE_STATES),
                 ),
-                reservations.c.buyer_key,
-                keys,
+                reservations.c.buyer,
+                buyers,
             )
         ),
         key=lambda r: (r.posted_at, r.post_id, r.part),
@@ -429,7 +428,7 @@ def _answer(book: Book, items: list[Indexed]) -> None:
             sorted({c.campaign_id for _, c in status}),
             sorted({c.buyer for _, c in status}),
         )
-        # Ties broken by id.
+        # Ties broken by id, the order of the (campaign_id, buyer) index the query reads.
         for row in sorted(found, key=lambda r: (r.posted_at, r.part, r.id)):
             mine[(row.campaign_id, row.buyer)].append(row)
     # The one reservation each status reply is about: unpaid, then waiting, then paid.
@@ -488,26 +487,25 @@ _PART_COLUMNS = (
 _LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)
 _PARTS = ", ".join(_PART_COLUMNS)
 _LIVE_PARTS_POSTGRES = text(
-    f"SELECT {_PARTS} FROM jsonb_array_elements_text(CAST(:keys AS JSONB)) AS k(value) "
+    f"SELECT {_PARTS} FROM jsonb_array_elements_text(CAST(:buyers AS JSONB)) AS k(value) "
     f"JOIN LATERAL (SELECT {_PARTS} FROM order_reservations "
     "WHERE campaign_id = ANY(CAST(:campaigns AS VARCHAR[])) "
-    f"AND state IN ({_LIVE}) AND buyer_key = CAST(k.value AS BIGINT) OFFSET 0) AS r ON true"
+    f"AND state IN ({_LIVE}) AND buyer = k.value OFFSET 0) AS r ON true"
 ).columns(*(reservations.c[name] for name in _PART_COLUMNS))
 _LIVE_PARTS_SQLITE = text(
     f"SELECT {_PARTS} FROM order_reservations "
     "WHERE campaign_id IN (SELECT value FROM json_each(:campaigns)) "
-    f"AND state IN ({_LIVE}) AND buyer_key IN (SELECT value FROM json_each(:keys))"
+    f"AND state IN ({_LIVE}) AND buyer IN (SELECT value FROM json_each(:buyers))"
 ).columns(*(reservations.c[name] for name in _PART_COLUMNS))
 
 
 def _live_parts(session: Session, campaign_ids: list[str], buyers: list[str]) -> Sequence[Row[Any]]:
-    """The live reservations of these buyers in these campaigns, in one query (with those of
-    any other buyer who shares a key: callers group rows by buyer)."""
-    keys = orjson.dumps(sorted({buyer_key(b) for b in buyers})).decode()
+    """The live reservations of these buyers in these campaigns, in one query."""
+    keys = orjson.dumps(buyers).decode()
     if is_postgres(session):
         return session.execute(
-            _LIVE_PARTS_POSTGRES, {"keys": keys, "campaigns": campaign_ids}
+            _LIVE_PARTS_POSTGRES, {"buyers": keys, "campaigns": campaign_ids}
         ).all()
     return session.execute(
-        _LIVE_PARTS_SQLITE, {"keys": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
+        _LIVE_PARTS_SQLITE, {"buyers": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
     ).all()

@@ -28,7 +28,7 @@ from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, capture, charge, refund, void
 from orders.placing import RESERVATION_COLUMNS, hold_expiry
 from orders.queue import QUEUE_ORDER
-from orders.tables import ALLOCATED_STATES, buyer_key, campaigns, of_buyer, reservations
+from orders.tables import ALLOCATED_STATES, campaigns, reservations
 
 r_ = reservations.c
 
@@ -190,7 +190,6 @@ def promote(book: Book) -> None:
                     row.post_id,
                     last + 1,
                     row.buyer,
-                    buyer_key(row.buyer),
                     row.handle,
                     row.lang,
                     row.visibility,
@@ -307,7 +306,7 @@ def _awaiting(session: Session, buyer: str, now: datetime) -> tuple[tuple[Any, .
     every = list(session.scalars(select(campaigns.c.id)))
     pending = (
         r_.campaign_id.in_(every),
-        of_buyer(buyer),
+        r_.buyer == buyer,
         r_.state == "awaiting_payment",
         r_.hold_expires_at > now,
     )

@@ -25,7 +25,7 @@ from orders.bulk import insert_rows, next_ids
 from orders.commands import Command
 from orders.outcomes import Outcome, OutcomeKind
 from orders.payments import Charge, balances, charge
-from orders.tables import LIVE_STATES, buyer_key, reservations
+from orders.tables import LIVE_STATES, reservations
 
 # Every column of a new reservation but `cause`, `created_at` and `updated_at`, which are the
 # same for a whole batch and bound once.
@@ -36,7 +36,6 @@ RESERVATION_COLUMNS = (
     "post_id",
     "part",
     "buyer",
-    "buyer_key",
     "handle",
     "lang",
     "visibility",
@@ -66,44 +65,39 @@ Indexed = tuple[int, Command]
 # The live states as SQL, for the statements written out below.
 _LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)
 
-# Units per (campaign, buyer) in live reservations, found by the buyers' keys (`buyer_key`).
-# On PostgreSQL the keys (one JSON array) drive one probe each of the key's index through a
-# LATERAL subquery kept apart by `OFFSET 0` (see `orders.bulk.matching`), a plan that stays
-# right on a table that grew from empty and was never analysed. The text is fixed, so
-# SQLAlchemy compiles it once.
+# Units per (campaign, buyer) in live reservations. On PostgreSQL the buyers (one JSON array)
+# drive one probe each of the (campaign_id, buyer) index through a LATERAL subquery kept apart
+# by `OFFSET 0` (see `orders.bulk.matching`), a plan that stays right on a table that grew from
+# empty and was never analysed. The text is fixed, so SQLAlchemy compiles it once.
 _UNITS_POSTGRES = text(
     "SELECT r.campaign_id, r.buyer, sum(r.quantity) "
-    "FROM jsonb_array_elements_text(CAST(:keys AS JSONB)) AS k(value) "
+    "FROM jsonb_array_elements_text(CAST(:buyers AS JSONB)) AS k(value) "
     "JOIN LATERAL (SELECT campaign_id, buyer, quantity FROM order_reservations "
     "WHERE campaign_id = ANY(CAST(:campaigns AS VARCHAR[])) "
-    f"AND state IN ({_LIVE}) AND buyer_key = CAST(k.value AS BIGINT) OFFSET 0) AS r ON true "
+    f"AND state IN ({_LIVE}) AND buyer = k.value OFFSET 0) AS r ON true "
     "GROUP BY r.campaign_id, r.buyer"
 )
 _UNITS_SQLITE = text(
     "SELECT campaign_id, buyer, sum(quantity) FROM order_reservations "
     "WHERE campaign_id IN (SELECT value FROM json_each(:campaigns)) "
-    f"AND state IN ({_LIVE}) AND buyer_key IN (SELECT value FROM json_each(:keys)) "
+    f"AND state IN ({_LIVE}) AND buyer IN (SELECT value FROM json_each(:buyers)) "
     "GROUP BY campaign_id, buyer"
 )
 
 
-def units_reserved(
-    session: Session, pairs: set[tuple[str, str]], keys: Mapping[str, int] | None = None
-) -> dict[tuple[str, str], int]:
-    """Units each (campaign, buyer) holds in live reservations, in one query. `keys` may give
-    the buyers' `buyer_key`s, already worked out. (The result may also hold other pairs of the
-    same campaigns, and buyers who share a key: callers look pairs up.)"""
+def units_reserved(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Units each (campaign, buyer) holds in live reservations, in one query. (The result may
+    also hold other pairs of the same campaigns and buyers: callers look pairs up.)"""
     if not pairs:
         return {}
     campaign_ids = sorted({c for c, _ in pairs})
-    if keys is None:
-        keys = {b: buyer_key(b) for _, b in pairs}
-    found = orjson.dumps(sorted({keys[b] for _, b in pairs})).decode()
+    buyers = sorted({b for _, b in pairs})
+    keys = orjson.dumps(buyers).decode()
     if is_postgres(session):
-        rows = session.execute(_UNITS_POSTGRES, {"keys": found, "campaigns": campaign_ids})
+        rows = session.execute(_UNITS_POSTGRES, {"buyers": keys, "campaigns": campaign_ids})
     else:
         rows = session.execute(
-            _UNITS_SQLITE, {"keys": found, "campaigns": orjson.dumps(campaign_ids).decode()}
+            _UNITS_SQLITE, {"buyers": keys, "campaigns": orjson.dumps(campaign_ids).decode()}
         )
     # Fetched at once: iterating the result would fetch its rows one by one.
     return {(c, b): int(n) for c, b, n in rows.all()}
@@ -137,8 +131,7 @@ def place_orders(
     # order (a stable sort), and no key function runs per post.
     ordered = sorted([(c.posted_at, c.post_id, i, c) for i, c in orders])
     wanted = {(c.campaign_id, c.buyer) for _, _, _, c in ordered if c.campaign_id in rules_of}
-    key_of = {b: buyer_key(b) for _, b in wanted}
-    held = units_reserved(session, wanted, key_of)
+    held = units_reserved(session, wanted)
     # (batch index, command, part, sku, units, state, reason, queue ticket, position, price)
     plans: list[tuple[Any, ...]] = []
     allocated: list[int] = []
@@ -234,7 +227,6 @@ def place_orders(
                 cmd.post_id,
                 part,
                 cmd.buyer,
-                key_of[cmd.buyer],
                 cmd.handle,
                 lang,
                 cmd.visibility,

@@ -22,8 +22,6 @@ would pay a lookup for them. `orders.audit` checks the references instead.
 
 from __future__ import annotations
 
-from hashlib import blake2b
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,10 +35,8 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    and_,
     text,
 )
-from sqlalchemy.sql.elements import ColumnElement
 
 from config.database import new_metadata
 from config.sqltypes import Id, UtcDateTime, sql_none_of, sql_one_of
@@ -124,8 +120,6 @@ reservations = Table(
     Column("post_id", String(64), nullable=False),
     Column("part", SmallInteger, nullable=False),
     Column("buyer", String(200), nullable=False),
-    # `buyer_key(buyer)`: what the reservations are looked up by, per buyer.
-    Column("buyer_key", BigInteger, nullable=False),
     # How to answer the buyer later (lapse, promotion): copied from the post.
     Column("handle", String(200), nullable=False),
     Column("lang", String(16), nullable=True),
@@ -166,9 +160,7 @@ reservations = Table(
     ),
     CheckConstraint("state <> 'waitlisted' OR queue_ticket IS NOT NULL", name="waitlist_ticket"),
 )
-# A buyer's reservations, by `buyer_key` (see there), for the per-buyer limit, status replies,
-# cancels and the buyer's page.
-Index("ix_order_reservations_buyer_key", reservations.c.buyer_key)
+Index("ix_order_reservations_campaign_buyer", reservations.c.campaign_id, reservations.c.buyer)
 Index(
     "ix_order_reservations_waitlist",
     reservations.c.campaign_id,
@@ -193,23 +185,6 @@ Index(
     postgresql_where=text("state = 'awaiting_payment'"),
     sqlite_where=text("state = 'awaiting_payment'"),
 )
-
-
-def buyer_key(buyer: str) -> int:
-    """What the buyers' index holds for `buyer`: 64 bits of its BLAKE2b hash, a signed BIGINT.
-
-    Buyers come in random order, so each reservation a storm inserts changes a different leaf
-    page of that index, and each page changed is written to the log at the commit (on SQLite,
-    copied again at the checkpoint). An 8-byte integer makes the index a third of the size of
-    one on (campaign_id, buyer) text: fewer pages to read, change and write. Two buyers may
-    share a key; every lookup compares `buyer` as well (`of_buyer`), or sorts rows by buyer."""
-    return int.from_bytes(blake2b(buyer.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def of_buyer(buyer: str) -> ColumnElement[bool]:
-    """The condition for `buyer`'s reservations, found through the buyers' index."""
-    return and_(reservations.c.buyer_key == buyer_key(buyer), reservations.c.buyer == buyer)
-
 
 transitions = Table(
     "order_transitions",

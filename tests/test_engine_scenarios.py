@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import event
 from test_engine_support import CLOSES, OPENS, Shop, kinds, make_brand
 
-from orders import audit, engine, lifecycle, placing, tables
 from orders.engine import capture_held
 
 PRICE = 100_00
@@ -350,31 +349,5 @@ def test_a_batch_of_thousands_costs_a_handful_of_statements(db_url: str) -> None
     assert len(outs) == 3100
     assert shop.stock()["allocated"] == 500
     assert len(statements) <= 25, statements
-    assert shop.audit() == []
-    shop.close()
-
-
-def test_buyers_who_share_a_key_are_told_apart(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Reservations are looked up by a 64-bit hash of the buyer; two buyers whose hashes meet
-    # (here: every buyer) still have their own limit, status and cancels.
-    for module in (tables, placing, engine, lifecycle, audit):
-        monkeypatch.setattr(module, "buyer_key", lambda buyer: 7)
-    shop = Shop(db_url)
-    shop.apply(shop.post("alice"), shop.post("alice"))
-    outs = shop.apply(shop.post("bob"), shop.post("bob"), shop.post("alice"))
-    assert [(o.kind, o.reason) for o in outs] == [
-        ("payment_needed", None),
-        ("waitlisted", None),  # three units in stock
-        ("rejected", "over_limit"),
-    ]
-    [carol] = shop.apply(shop.post("carol", "status"))
-    assert carol.state is None
-    shop.apply(shop.post("alice", "cancel", sku=None))
-    assert {r["state"] for r in shop.reservations("alice")} == {"cancelled", "rejected"}
-    assert {r["state"] for r in shop.reservations("bob")} == {"awaiting_payment"}  # moved up
-    [bob] = shop.apply(shop.post("bob", "status"))
-    assert (bob.kind, bob.state, bob.quantity) == ("status", "awaiting_payment", 1)
     assert shop.audit() == []
     shop.close()

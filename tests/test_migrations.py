@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import MetaData, column, func, insert, inspect, select, table
+from sqlalchemy import MetaData, func, insert, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from typer.testing import CliRunner
 
@@ -17,8 +17,7 @@ from bot.bench import reset_tables
 from bot.cli import app
 from bot.schema import alembic_config, all_metadata, upgrade
 from config.database import create_engine
-from config.sqltypes import UtcDateTime
-from orders.tables import buyer_key, reservations, transitions
+from orders.tables import transitions
 
 
 def test_upgrade_matches_the_declared_tables(empty_db: str) -> None:
@@ -183,85 +182,3 @@ def test_checks_without_in_lists_migrate_both_ways(empty_db: str) -> None:
     assert _checks(empty_db) == after
     reset_tables(empty_db)  # straight from the declared tables
     assert _checks(empty_db) == after
-
-
-def test_buyer_keys_are_filled_in_for_stored_reservations(empty_db: str) -> None:
-    # 0007 keys the rows already there, makes the key required, and swaps the buyers' index.
-    upgrade(empty_db, "0006")
-    at = datetime(2012, 9, 5, 12, tzinfo=UTC)
-    stored = table(
-        "order_reservations",
-        *(column(name) for name in ("campaign_id", "platform", "post_id", "part", "buyer")),
-        *(column(name) for name in ("handle", "visibility", "sku", "quantity", "state")),
-        *(column(name) for name in ("cause", "amount", "queue_ticket")),
-        *(column(name, UtcDateTime()) for name in ("posted_at", "created_at", "updated_at")),
-    )
-    buyers = ["mastodon:1", "x:99", "mastodon:ファン"]
-    engine = create_engine(empty_db)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(stored),
-            [
-                dict(
-                    campaign_id="mi2",
-                    platform="mastodon",
-                    post_id=str(n),
-                    part=0,
-                    buyer=buyer,
-                    handle="@fan",
-                    visibility="public",
-                    sku="MI2",
-                    quantity=1,
-                    state="waitlisted",
-                    cause="order",
-                    amount=0,
-                    queue_ticket=n,
-                    posted_at=at,
-                    created_at=at,
-                    updated_at=at,
-                )
-                for n, buyer in enumerate(buyers)
-            ],
-        )
-    engine.dispose()
-
-    upgrade(empty_db)
-    engine = create_engine(empty_db)
-    with engine.connect() as conn:
-        keys = dict(conn.execute(select(reservations.c.buyer, reservations.c.buyer_key)).all())
-        indexes = {ix["name"] for ix in inspect(conn).get_indexes("order_reservations")}
-    engine.dispose()
-    assert keys == {buyer: buyer_key(buyer) for buyer in buyers}
-    assert "ix_order_reservations_buyer_key" in indexes
-    assert "ix_order_reservations_campaign_buyer" not in indexes
-    engine = create_engine(empty_db)
-    with pytest.raises(IntegrityError), engine.begin() as conn:
-        conn.execute(
-            insert(stored).values(
-                campaign_id="mi2",
-                platform="x",
-                post_id="new",
-                part=0,
-                buyer="x:1",
-                handle="@fan",
-                visibility="public",
-                sku="MI2",
-                quantity=1,
-                state="waitlisted",
-                cause="order",
-                amount=0,
-                queue_ticket=9,
-                posted_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-        )  # no key: refused
-    engine.dispose()
-
-    command.downgrade(alembic_config(empty_db), "0006")
-    engine = create_engine(empty_db)
-    with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(stored)).scalar_one() == 3
-        indexes = {ix["name"] for ix in inspect(conn).get_indexes("order_reservations")}
-    engine.dispose()
-    assert "ix_order_reservations_campaign_buyer" in indexes
