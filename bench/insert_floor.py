@@ -1,10 +1,12 @@
 """The storage floor of a storm: its post and reservation rows inserted with no engine around them.
 
     .venv/bin/python bench/insert_floor.py [--db URL] [--posts 1300000] [--batch 1000]
-        [--without INDEX ...] [--no-checkpointer] [--wal-autocheckpoint PAGES]
+        [--buyers storm|random] [--without INDEX ...] [--no-checkpointer]
+        [--wal-autocheckpoint PAGES]
 
 Rows shaped like the storm's (`flashtag bench storm` at the defaults: one post row per post,
-a reservation for 85% of them, seven in ten of those waitlisted, buyers drawn from 900,000 fans)
+a reservation for 85% of them, seven in ten of those waitlisted; buyers as the storm has them,
+numbered as each first posts, three in ten posting again within the next 2% of the storm)
 go through the engine's own statements (`orders.bulk.insert_new` for posts, `insert_rows` for
 reservations), one transaction per batch, and nothing else runs: no parsing, no placing, no
 wallet, no outbox. The time spent in the inserts and commits (`wall_s`, not `elapsed_s`, which
@@ -14,6 +16,11 @@ show what each costs (`ix_order_reservations_campaign_buyer`, say). On SQLite th
 checkpointed as the worker does it (`config.database.WalCheckpointer`); `--no-checkpointer` and
 `--wal-autocheckpoint 1000` (SQLite's own default) show what that saves.
 
+`--buyers random` draws each post's buyer from 900,000 fans instead, in no order: what a sale
+looks like where account ids have nothing to do with who posts first (X's ids, or Mastodon
+accounts the brand's server already knew). The buyers' index, in buyer order, then changes a
+scattered page for nearly every reservation, where the storm's buyers mostly append to it.
+
 Prints one JSON object: seconds of wall and CPU time per table (CPU of this process: on SQLite
 that includes the database, on PostgreSQL the server's work is in the wall time only).
 """
@@ -21,12 +28,14 @@ that includes the database, on PostgreSQL the server's work is in the wall time 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import random
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,33 @@ from orders.tables import posts, reservations
 
 SKUS = ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
 FANS = 900_000
+FAN_BASE = 1_000_000  # buyer ids keep the same number of digits, so text order is number order
+
+
+class StormFans:
+    """Buyers in the storm's order (`bot.storm`): a new fan for each post but the repeats,
+    numbered in order of first post; three in ten fans post once or twice more, each time
+    within the next `gap` posts."""
+
+    def __init__(self, rng: random.Random, total: int) -> None:
+        self.rng = rng
+        self.gap = max(2, total // 50)
+        self.pending: list[tuple[int, int, int]] = []
+        self.line = self.fans = self.seq = 0
+
+    def __call__(self) -> int:
+        line, self.line = self.line, self.line + 1
+        if self.pending and self.pending[0][0] <= line:
+            return FAN_BASE + heapq.heappop(self.pending)[2]
+        fan, self.fans = self.fans, self.fans + 1
+        if self.rng.random() < 0.30:
+            for _ in range(1 + (self.rng.random() < 0.5)):
+                self.seq += 1
+                due = line + 1 + self.rng.randrange(self.gap)
+                heapq.heappush(self.pending, (due, self.seq, fan))
+        return FAN_BASE + fan
+
+
 OPENS = datetime(2012, 9, 5, 12, 0, tzinfo=UTC)
 
 
@@ -51,13 +87,16 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _batch(rng: random.Random, first: int, size: int, encode: Any) -> tuple[list[Any], list[Any]]:
-    """One batch of post rows and reservation rows, ids and post ids going up as in a storm."""
+def _batch(
+    rng: random.Random, first: int, size: int, encode: Any, fan: Callable[[], int]
+) -> tuple[list[Any], list[Any]]:
+    """One batch of post rows and reservation rows, ids and post ids going up as in a storm,
+    each post by `fan()`."""
     post_rows: list[Any] = []
     reservation_rows: list[Any] = []
     for n in range(first, first + size):
         post_id = str(88_576_465_308_876_800 + n * 65_536)
-        buyer = f"mastodon:{rng.randrange(FANS) + 100_000}"
+        buyer = f"mastodon:{fan()}"
         posted = encode(OPENS + timedelta(microseconds=n * 230 + rng.randrange(1000)))
         post_rows.append(("mastodon", post_id, "mi2", buyer, posted, "order", None, 1))
         draw = rng.random()
@@ -99,7 +138,12 @@ def _timed(spent: dict[str, list[float]], name: str, step: Any, *args: Any, **kw
 
 
 def _insert(
-    sessions: Any, rng: random.Random, total: int, batch: int, spent: dict[str, list[float]]
+    sessions: Any,
+    rng: random.Random,
+    total: int,
+    batch: int,
+    spent: dict[str, list[float]],
+    fan: Callable[[], int],
 ) -> int:
     """Insert the storm's rows batch by batch; returns how many reservations went in."""
     reserved = 0
@@ -107,7 +151,7 @@ def _insert(
         now = OPENS + timedelta(microseconds=(first + batch) * 230)
         with sessions() as session, session.begin():
             post_rows, reservation_rows = _batch(
-                rng, first, min(batch, total - first), time_encoder(session)
+                rng, first, min(batch, total - first), time_encoder(session), fan
             )
             reserved += len(reservation_rows)
             _timed(
@@ -142,9 +186,12 @@ def run(
     batch: int,
     without: list[str],
     *,
+    buyers: str = "storm",
     checkpointer: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
+    rng = random.Random(seed)
+    fan = StormFans(rng, total) if buyers == "storm" else lambda: FAN_BASE + rng.randrange(FANS)
     reset_tables(url)
     engine = create_engine(url)
     spent = {"posts": [0.0, 0.0], "reservations": [0.0, 0.0], "commit": [0.0, 0.0]}
@@ -155,7 +202,7 @@ def run(
         started = time.perf_counter()
         # As the worker and the replay run it (it does nothing on PostgreSQL).
         with WalCheckpointer(url if checkpointer else "postgresql://"):
-            reserved = _insert(session_factory(engine), random.Random(seed), total, batch, spent)
+            reserved = _insert(session_factory(engine), rng, total, batch, spent, fan)
         elapsed = time.perf_counter() - started
     finally:
         engine.dispose()
@@ -165,6 +212,7 @@ def run(
         "posts": total,
         "reservations": reserved,
         "batch": batch,
+        "buyers": buyers,
         "without": without,
         "checkpointer": checkpointer,
         "wal_autocheckpoint": database.WAL_AUTOCHECKPOINT_PAGES,
@@ -183,6 +231,12 @@ def main() -> None:
     parser.add_argument("--db", help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--posts", type=int, default=1_300_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--buyers",
+        choices=("storm", "random"),
+        default="storm",
+        help="buyers in the storm's order (numbered as they first post), or drawn at random",
+    )
     parser.add_argument("--without", nargs="*", default=[], help="indexes to drop first")
     parser.add_argument(
         "--no-checkpointer",
@@ -200,7 +254,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         url = args.db or f"sqlite:///{Path(scratch) / 'floor.db'}"
         result = run(
-            url, args.posts, args.batch, args.without, checkpointer=not args.no_checkpointer
+            url,
+            args.posts,
+            args.batch,
+            args.without,
+            buyers=args.buyers,
+            checkpointer=not args.no_checkpointer,
         )
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
