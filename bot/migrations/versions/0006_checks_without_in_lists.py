@@ -36,14 +36,9 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
     return "(" + " OR ".join(f"{column} = {v!r}" for v in values) + ")"
 
 
-# (table, constraint, text before, text after), the texts as they are at each revision.
+# (table, constraint, text before, text after), the texts as they are at each revision: first
+# the constraints that say more than "one of these", then those that say only that.
 CHECKS = (
-    (
-        "order_reservations",
-        "ck_order_reservations_state",
-        _in("state", _STATES),
-        _one_of("state", _STATES),
-    ),
     (
         "order_reservations",
         "ck_order_reservations_payment",
@@ -62,47 +57,23 @@ CHECKS = (
         "state <> 'confirmed' OR payment IN ('held', 'posted')",
         "state <> 'confirmed' OR " + _one_of("payment", ("held", "posted")),
     ),
-    (
-        "order_transitions",
-        "ck_order_transitions_to_state",
-        _in("to_state", _STATES),
-        _one_of("to_state", _STATES),
-    ),
-    (
-        "wallet_accounts",
-        "ck_wallet_accounts_kind",
-        _in("kind", ("wallet", "sales", "clearing")),
-        _one_of("kind", ("wallet", "sales", "clearing")),
-    ),
-    (
-        "wallet_transfers",
-        "ck_wallet_transfers_kind",
-        _in("kind", ("topup", "cashout", "purchase", "refund")),
-        _one_of("kind", ("topup", "cashout", "purchase", "refund")),
-    ),
-    (
-        "wallet_transfers",
-        "ck_wallet_transfers_state",
-        _in("state", ("pending", "posted", "voided")),
-        _one_of("state", ("pending", "posted", "voided")),
-    ),
-    (
-        "wallet_legs",
-        "ck_wallet_legs_side",
-        _in("side", ("debit", "credit")),
-        _one_of("side", ("debit", "credit")),
-    ),
-    (
-        "outbox_messages",
-        "ck_outbox_messages_state_known",
-        _in("state", ("queued", "sending", "sent", "failed")),
-        _one_of("state", ("queued", "sending", "sent", "failed")),
-    ),
-    (
-        "outbox_messages",
-        "ck_outbox_messages_visibility_known",
-        _in("visibility", ("public", "unlisted", "private", "direct")),
-        _one_of("visibility", ("public", "unlisted", "private", "direct")),
+    *(
+        (table, f"ck_{table}_{name}", _in(column, values), _one_of(column, values))
+        for table, name, column, values in (
+            ("order_reservations", "state", "state", _STATES),
+            ("order_transitions", "to_state", "to_state", _STATES),
+            ("wallet_accounts", "kind", "kind", ("wallet", "sales", "clearing")),
+            ("wallet_transfers", "kind", "kind", ("topup", "cashout", "purchase", "refund")),
+            ("wallet_transfers", "state", "state", ("pending", "posted", "voided")),
+            ("wallet_legs", "side", "side", ("debit", "credit")),
+            ("outbox_messages", "state_known", "state", ("queued", "sending", "sent", "failed")),
+            (
+                "outbox_messages",
+                "visibility_known",
+                "visibility",
+                ("public", "unlisted", "private", "direct"),
+            ),
+        )
     ),
 )
 
