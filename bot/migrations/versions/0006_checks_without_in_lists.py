@@ -89,13 +89,10 @@ def _rewrite_sqlite(swaps: list[tuple[str, str, str, str]]) -> None:
             sql = bind.exec_driver_sql(
                 "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)
             ).scalar_one()
-        before, after = f"CONSTRAINT {name} CHECK ({old})", f"CONSTRAINT {name} CHECK ({new})"
+        before = f"CONSTRAINT {name} CHECK ({old})"
         if sql.count(before) != 1:
-            if sql.count(after) == 1:  # already written this way
-                definitions[table] = sql
-                continue
-            raise RuntimeError(f"{table}: constraint {name} is not as revision 0005 left it")
-        definitions[table] = sql.replace(before, after)
+            raise RuntimeError(f"{table}: constraint {name} is not as the revision before left it")
+        definitions[table] = sql.replace(before, f"CONSTRAINT {name} CHECK ({new})")
     version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
     bind.exec_driver_sql("PRAGMA writable_schema = ON")
     try:
