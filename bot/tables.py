@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -36,11 +38,12 @@ from sqlalchemy.engine import Connection
 
 from config.database import new_metadata
 from config.sqltypes import Id, UtcDateTime, sql_one_of
+from connectors.post import Visibility
 
 metadata = new_metadata()
 
 OUTBOX_STATES = ("queued", "sending", "sent", "failed")
-VISIBILITIES = ("public", "unlisted", "private", "direct")
+VISIBILITIES: tuple[str, ...] = get_args(Visibility)
 
 
 outbox_messages = Table(
