@@ -128,10 +128,11 @@ def run(
     _logging(verbose)
     settings = get_settings()
     brands = _brands(settings, brand)
-    engine = create_engine(db or settings.database_url)
-    checkpointer = WalCheckpointer(db or settings.database_url)
+    url = db or settings.database_url
+    engine = create_engine(url)
+    checkpointer = WalCheckpointer(url)
     if create:
-        prepare_schema(db or settings.database_url)
+        prepare_schema(url)
     sessions = session_factory(engine)
     the_worker = Worker(sessions, brands)
     _start(the_worker)
