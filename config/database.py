@@ -59,9 +59,9 @@ log = logging.getLogger(__name__)
 # back into the database file and syncs it (a checkpoint), before it returns. SQLite's default is
 # 1,000 pages (4 MB). A batch of buyers who come in no order changes about a thousand scattered
 # pages of the buyers' index, so at the default nearly every batch paid for a checkpoint and its
-# fsync. At 16,000
-# (64 MB) the log absorbs several batches, a page changed by several of them is copied once, and
-# a `WalCheckpointer` thread, where one runs, does the copying off the writer's path.
+# fsync. At 16,000 (64 MB) the log absorbs several batches, a page changed by several of them is
+# copied once, and a `WalCheckpointer` thread, where one runs, does the copying off the writer's
+# path.
 WAL_AUTOCHECKPOINT_PAGES = 16_000
 
 
