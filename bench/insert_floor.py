@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bot.bench import drop_tables, reset_tables
+from bot.storm import StormSpec
 from config import database
 from config.database import WalCheckpointer, create_engine, session_factory
 from orders.bulk import insert_new, insert_rows, time_encoder
@@ -53,12 +54,13 @@ from orders.tables import posts, reservations
 SKUS = ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
 FANS = 900_000
 FAN_BASE = 1_000_000  # buyer ids keep the same number of digits, so text order is number order
+REPEAT_FAN_SHARE = StormSpec().repeat_fan_share  # the storm's own
 
 
 class StormFans:
     """Buyers in the storm's order (`bot.storm`): a new fan for each post but the repeats,
-    numbered in order of first post; three in ten fans post once or twice more, each time
-    within the next `gap` posts."""
+    numbered in order of first post; `REPEAT_FAN_SHARE` of the fans post once or twice more,
+    each within the next `gap` posts, as `bot.storm.storm` has them."""
 
     def __init__(self, rng: random.Random, total: int) -> None:
         self.rng = rng
@@ -71,7 +73,7 @@ class StormFans:
         if self.pending and self.pending[0][0] <= line:
             return FAN_BASE + heapq.heappop(self.pending)[2]
         fan, self.fans = self.fans, self.fans + 1
-        if self.rng.random() < 0.30:
+        if self.rng.random() < REPEAT_FAN_SHARE:
             for _ in range(1 + (self.rng.random() < 0.5)):
                 self.seq += 1
                 due = line + 1 + self.rng.randrange(self.gap)
