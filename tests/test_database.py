@@ -31,6 +31,18 @@ def test_sqlite_runs_with_wal_and_foreign_keys(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_sqlite_binds_none_as_null_through_a_registered_adapter(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    # Found by the driver's first look-up, not by its search for `__adapt__` and `__conform__`.
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (a TEXT, b INTEGER)"))
+        conn.exec_driver_sql("INSERT INTO t VALUES (?, ?)", [(None, 1), ("x", None)])
+        rows = conn.exec_driver_sql("SELECT typeof(a), typeof(b) FROM t ORDER BY rowid").all()
+    assert rows == [("null", "integer"), ("text", "null")]
+    engine.dispose()
+
+
 def _write_pages(url: str, rows: int) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
