@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import fields
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from sqlalchemy import select
 from test_engine_support import OPENS, Shop, kinds
 
 from orders.book import Stock
-from orders.bulk import insert_new, time_encoder
+from orders.bulk import insert_new, insert_rows, sqlite_literal, time_encoder
 from orders.outcomes import Outcome
 from orders.placing import outcome_for
 from orders.tables import posts
@@ -125,3 +125,54 @@ def test_insert_new_inserts_only_unseen_keys_and_says_which_it_skipped(shop: Sho
         assert sorted(stored) == [("1", 1), ("2", 1), ("3", 1), ("4", 1)]
         with pytest.raises(ValueError, match="first columns"):
             insert_new(session, posts, columns[1:], [row("5")[1:]], key=key, constants=constants)
+
+        # Keys of two platforms in one batch: the same post id is another post on X.
+        mixed = [row("4"), ("x", "1", *row("1")[2:]), row("5"), ("x", "4", *row("4")[2:])]
+        assert insert_new(session, posts, columns, mixed, key=key, constants=constants) == {0}
+        stored = session.execute(select(posts.c.platform, posts.c.post_id)).all()
+        assert sorted(stored) == [
+            ("mastodon", "1"),
+            ("mastodon", "2"),
+            ("mastodon", "3"),
+            ("mastodon", "4"),
+            ("mastodon", "5"),
+            ("x", "1"),
+            ("x", "4"),
+        ]
+
+
+def test_a_batch_constant_is_stored_as_the_same_value_bound_in_each_row(shop: Shop) -> None:
+    columns = ("platform", "post_id", "campaign_id", "buyer", "posted_at", "decision")
+    facts = {
+        "reason": "can't parse",
+        "quantity": 2,
+        "attempts": 1,
+        "seen_at": OPENS + timedelta(seconds=1, microseconds=5),
+        "deleted_at": None,
+    }
+    first = ("mastodon", "1", shop.campaign_id, "mastodon:x", OPENS, "reject")
+    with shop.sessions.begin() as session:
+        insert_rows(session, posts, columns, [first], constants=facts)
+        bound = (*columns, *facts)
+        insert_rows(session, posts, bound, [("mastodon", "2", *first[2:], *facts.values())])
+        one, two = (
+            session.execute(select(posts).where(posts.c.post_id == n)).one()._asdict()
+            for n in ("1", "2")
+        )
+        assert one == {**two, "post_id": "1"}
+        assert one["reason"] == "can't parse"
+        if shop.engine.dialect.name == "sqlite":
+            typed = "SELECT typeof(reason), typeof(quantity), typeof(seen_at), typeof(deleted_at)"
+            types = session.connection().exec_driver_sql(f"{typed} FROM order_posts").all()
+            assert types == [("text", "integer", "text", "null")] * 2
+
+
+def test_sqlite_literals_quote_text_and_refuse_what_sqlite_cannot_store() -> None:
+    assert sqlite_literal("it's") == "'it''s'"
+    assert sqlite_literal(True) == "1"
+    assert sqlite_literal(7) == "7"
+    assert sqlite_literal(None) == "NULL"
+    assert sqlite_literal(OPENS) == f"'{OPENS.astimezone(UTC).isoformat(' ', 'microseconds')[:26]}'"
+    for value in ("nul\x00", 1.5, b"bytes"):
+        with pytest.raises(TypeError):
+            sqlite_literal(value)
