@@ -77,11 +77,13 @@ _UNITS_POSTGRES = text(
     f"AND state IN ({_LIVE}) AND buyer = k.value OFFSET 0) AS r ON true "
     "GROUP BY r.campaign_id, r.buyer"
 )
+# On SQLite the two arrays drive the probes directly (`CROSS JOIN` keeps them the outer loops),
+# without first copying each into a list for `IN`.
 _UNITS_SQLITE = text(
-    "SELECT campaign_id, buyer, sum(quantity) FROM order_reservations "
-    "WHERE campaign_id IN (SELECT value FROM json_each(:campaigns)) "
-    f"AND state IN ({_LIVE}) AND buyer IN (SELECT value FROM json_each(:buyers)) "
-    "GROUP BY campaign_id, buyer"
+    "SELECT r.campaign_id, r.buyer, sum(r.quantity) "
+    "FROM json_each(:campaigns) AS c CROSS JOIN json_each(:buyers) AS k "
+    "CROSS JOIN order_reservations AS r ON r.campaign_id = c.value AND r.buyer = k.value "
+    f"WHERE r.state IN ({_LIVE}) GROUP BY r.campaign_id, r.buyer"
 )
 
 
