@@ -199,6 +199,7 @@ def insert_rows(
         return int(result.rowcount)  # type: ignore[attr-defined]
     # Constants are written into the statement: the driver binds every parameter of every row
     # (about 0.1 us each), and a batch's constants would be bound again for each of its rows.
+    # A batch's time makes the text new each time, so it is prepared once per batch.
     marks = ", ".join(["?"] * len(columns) + [sqlite_literal(v) for v in constants.values()])
     values = rows if encoded else _sqlite_rows(table, columns, rows)
     result = session.connection().exec_driver_sql(
@@ -209,13 +210,14 @@ def insert_rows(
 
 def sqlite_literal(value: Any) -> str:
     """`value` as a SQLite literal, stored exactly as the driver would store it bound: text
-    quoted (times as `sqlite_time`), integers as they are, booleans as 1 or 0, None as NULL."""
+    quoted (times as `sqlite_time`), 64-bit integers as they are, booleans as 1 or 0, None as
+    NULL. Anything else is refused (TypeError), not guessed at."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return str(int(value))
     if isinstance(value, datetime):
         value = sqlite_time(value)
     if isinstance(value, str) and "\x00" not in value:
@@ -330,19 +332,17 @@ def _found_sqlite(
     One query per value of the key's leading columns (a batch of posts has one platform): the
     key's last values travel as one JSON array, and each is one probe of the unique index.
     `CROSS JOIN` keeps the array as the outer loop; left to itself, the planner may scan the
-    table once per value instead."""
+    table once per value instead. `+j.value` compares as a bound value would (the column's
+    affinity applies: a number matches its text), not as json_each's column, which has none."""
     lead = len(key) - 1
-    same = " AND ".join([f"t.{k} = ?" for k in key[:lead]] + [f"t.{key[lead]} = j.value"])
+    same = " AND ".join([f"t.{k} = ?" for k in key[:lead]] + [f"t.{key[lead]} = +j.value"])
     sql = f"SELECT j.key FROM json_each(?) AS j CROSS JOIN {table.name} AS t ON {same}"
-    prefixes = {tuple(row[:lead]) for row in rows}
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for n, row in enumerate(rows):
+        groups.setdefault(tuple(row[:lead]), []).append(n)
     connection = session.connection()
     positions: set[int] = set()
-    for prefix in prefixes:
-        where = (
-            range(len(rows))
-            if len(prefixes) == 1
-            else [n for n, row in enumerate(rows) if tuple(row[:lead]) == prefix]
-        )
+    for prefix, where in groups.items():
         payload = orjson.dumps([rows[n][lead] for n in where]).decode()
         found = connection.exec_driver_sql(sql, (payload, *prefix)).all()
         positions.update(where[j] for (j,) in found)

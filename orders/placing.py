@@ -78,11 +78,11 @@ _UNITS_POSTGRES = text(
     "GROUP BY r.campaign_id, r.buyer"
 )
 # On SQLite the two arrays drive the probes directly (`CROSS JOIN` keeps them the outer loops),
-# without first copying each into a list for `IN`.
+# without first copying each into a list for `IN`; `+` compares their values as bound ones.
 _UNITS_SQLITE = text(
     "SELECT r.campaign_id, r.buyer, sum(r.quantity) "
     "FROM json_each(:campaigns) AS c CROSS JOIN json_each(:buyers) AS k "
-    "CROSS JOIN order_reservations AS r ON r.campaign_id = c.value AND r.buyer = k.value "
+    "CROSS JOIN order_reservations AS r ON r.campaign_id = +c.value AND r.buyer = +k.value "
     f"WHERE r.state IN ({_LIVE}) GROUP BY r.campaign_id, r.buyer"
 )
 

@@ -127,8 +127,8 @@ def test_insert_new_inserts_only_unseen_keys_and_says_which_it_skipped(shop: Sho
             insert_new(session, posts, columns[1:], [row("5")[1:]], key=key, constants=constants)
 
         # Keys of two platforms in one batch: the same post id is another post on X.
-        mixed = [row("4"), ("x", "1", *row("1")[2:]), row("5"), ("x", "4", *row("4")[2:])]
-        assert insert_new(session, posts, columns, mixed, key=key, constants=constants) == {0}
+        mixed = [("x", "1", *row("1")[2:]), row("4"), row("5"), ("x", "4", *row("4")[2:])]
+        assert insert_new(session, posts, columns, mixed, key=key, constants=constants) == {1}
         stored = session.execute(select(posts.c.platform, posts.c.post_id)).all()
         assert sorted(stored) == [
             ("mastodon", "1"),
@@ -139,6 +139,9 @@ def test_insert_new_inserts_only_unseen_keys_and_says_which_it_skipped(shop: Sho
             ("x", "1"),
             ("x", "4"),
         ]
+        # A key given as a number matches the same key stored as text, as a bound one would.
+        as_number = [("mastodon", 3, *row("3")[2:])]
+        assert insert_new(session, posts, columns, as_number, key=key, constants=constants) == {0}
 
 
 def test_a_batch_constant_is_stored_as_the_same_value_bound_in_each_row(shop: Shop) -> None:
@@ -173,6 +176,6 @@ def test_sqlite_literals_quote_text_and_refuse_what_sqlite_cannot_store() -> Non
     assert sqlite_literal(7) == "7"
     assert sqlite_literal(None) == "NULL"
     assert sqlite_literal(OPENS) == f"'{OPENS.astimezone(UTC).isoformat(' ', 'microseconds')[:26]}'"
-    for value in ("nul\x00", 1.5, b"bytes"):
+    for value in ("nul\x00", 1.5, b"bytes", 2**63):
         with pytest.raises(TypeError):
             sqlite_literal(value)
