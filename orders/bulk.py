@@ -303,8 +303,8 @@ def insert_new(
     PostgreSQL does it in one statement: the rows are unpacked once (numbered, in a CTE),
     `ON CONFLICT (key) DO NOTHING` skips those already there (the insert probes the unique
     index itself) and the positions of the skipped ones come back as one JSON array. SQLite,
-    which runs in-process, looks the keys up first (one primary-key probe per row, the rows
-    travelling as one JSON array: `_found_sqlite`) and inserts the rest.
+    which runs in-process, looks the keys up first (`_found_sqlite`: one probe of the key per
+    row, the keys travelling as one JSON array per platform) and inserts the rest.
     """
     if not rows:
         return set()
