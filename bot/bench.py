@@ -34,6 +34,7 @@ from bot import bench_baseline
 from bot.feed import DEFAULT_BATCH, ReplayResult, read_posts, replay
 from bot.parser_process import warm_up as parser_warm_up
 from bot.pipeline import CampaignDirectory, Envelope, Source, to_command
+from bot.probes import StatementTimer
 from bot.schema import all_metadata
 from bot.storm import StormSpec, scaled_brand, storm, write_jsonl
 from config.brand import Brand
@@ -142,6 +143,7 @@ def _run_once(
     profile: int = 0,
     *,
     parser_process: bool = True,
+    timer: StatementTimer | None = None,
 ) -> tuple[ReplayResult, list[str], list[dict[str, Any]]]:
     reset_tables(url)
     options: dict[str, Any] = {
@@ -152,7 +154,11 @@ def _run_once(
     }
     if not profile:
         cpu = time.process_time()
-        result = replay(path, brand, **options)
+        if timer is not None:
+            with timer:
+                result = replay(path, brand, **options)
+        else:
+            result = replay(path, brand, **options)
         result.cpu = time.process_time() - cpu
         return result, run_audit(url), []
     profiler = cProfile.Profile()
@@ -217,8 +223,15 @@ def run_storm(
     keep: bool = False,
     profile: int = 0,
     parser_process: bool = True,
+    statements: int = 0,
 ) -> dict[str, Any]:
-    """Generate the storm, replay it `runs` times on fresh tables, and report as one object."""
+    """Generate the storm, replay it `runs` times on fresh tables, and report as one object.
+
+    With `statements`, the first run's statements are timed from the writer
+    (`bot.probes.StatementTimer`) and the longest kinds reported.
+    """
+    if profile and statements:
+        raise ValueError("profile and statements each time the first run: choose one")
     bench_brand = scaled_brand(brand, stock)
     if parser_process:
         parser_warm_up()  # once per process, not in the first run's time
@@ -230,6 +243,7 @@ def run_storm(
         url = db or f"sqlite:///{Path(tmp) / 'bench.db'}"
         figures: list[dict[str, Any]] = []
         top: list[dict[str, Any]] = []
+        timer = StatementTimer() if statements else None
         for run in range(runs):
             result, problems, found = _run_once(
                 url,
@@ -238,6 +252,7 @@ def run_storm(
                 batch,
                 profile if run == 0 else 0,
                 parser_process=parser_process,
+                timer=timer if run == 0 else None,
             )
             figures.append(_figures(result, problems))
             top = top or found
@@ -278,6 +293,11 @@ def run_storm(
             "stages_s": top[0]["stages"],
             "top_own_time": top[1:],
         }
+    if timer is not None:
+        report["statements"] = {
+            "note": "the first run's statements, timed from the writer (sent, run, answered)",
+            "top": timer.top(statements),
+        }
     if base is not None:
         report["baseline"] = {
             "posts": base.posts,
@@ -304,6 +324,9 @@ def _figures(result: ReplayResult, problems: list[str]) -> dict[str, Any]:
         # on a shared machine the wall clock also counts the others.
         "cpu_s": round(result.cpu, 3),
     }
+    if result.server_cpu is not None:
+        # A PostgreSQL server on this host: its CPU seconds over the same time as `elapsed`.
+        figures["server_cpu_s"] = round(result.server_cpu, 3)
     if result.parser_process:
         figures["parser_cpu_s"] = round(result.parser_cpu, 3)
         figures["parser_peak_rss_mb"] = round(result.parser_peak_rss_mb, 1)

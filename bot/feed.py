@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bot.pipeline import BatchReport, CampaignDirectory, Envelope, Pipeline, Source, decide
+from bot.probes import server_cpu_seconds
 from bot.schema import prepare
 from config.brand import Brand
 from config.database import WalCheckpointer, create_engine, session_factory
@@ -380,6 +381,9 @@ class ReplayResult:
     parser_cpu: float = 0.0  # that process's CPU seconds
     parser_peak_rss_mb: float = 0.0  # that process's peak resident set size
     parser_wait: float = 0.0  # seconds the writer waited for that process's next batch
+    # CPU seconds of a PostgreSQL server on this host over the same time as `elapsed`
+    # (`bot.bench_probe.server_cpu_seconds`); None where that cannot be read.
+    server_cpu: float | None = None
 
     @property
     def posts_per_s(self) -> float:
@@ -455,6 +459,7 @@ def replay(
         clock = PostTimeClock()
         pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
         read = ReadTotals()
+        server_before = server_cpu_seconds(url)
         started = time.perf_counter()
         # SQLite's checkpoints run beside the commits, as in the worker.
         with WalCheckpointer(url):
@@ -470,6 +475,7 @@ def replay(
                 )
                 figures = (0.0, 0.0, 0.0)
         elapsed = time.perf_counter() - started
+        server_after = server_cpu_seconds(url)
         with sessions() as session:
             database = database_summary(session, [c.id for c in brand.campaigns])
     finally:
@@ -484,4 +490,7 @@ def replay(
         parser_cpu=figures[0],
         parser_peak_rss_mb=figures[1],
         parser_wait=figures[2],
+        server_cpu=None
+        if server_before is None or server_after is None
+        else server_after - server_before,
     )

@@ -35,6 +35,12 @@ def bench_storm(
         "--parser-process/--no-parser-process",
         help="Read and parse in a process of its own while this one commits",
     ),
+    statements: int = typer.Option(
+        0,
+        "--statements",
+        min=0,
+        help="Time the first run's statements from the writer; report this many kinds",
+    ),
     write: Path | None = typer.Option(  # noqa: B008
         None, "--write", help="Only write the storm as JSON lines to this file, and stop"
     ),
@@ -80,6 +86,7 @@ def bench_storm(
         keep=keep,
         profile=profile,
         parser_process=parser_process,
+        statements=statements,
     )
     typer.echo(json.dumps(report, ensure_ascii=False))
     if report.get("audit") != "ok":
