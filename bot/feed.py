@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bot.pipeline import BatchReport, CampaignDirectory, Envelope, Pipeline, Source, decide
-from bot.probes import server_cpu_seconds
+from bot.probes import postmaster_of, server_cpu_seconds
 from bot.schema import prepare
 from config.brand import Brand
 from config.database import WalCheckpointer, create_engine, session_factory
@@ -382,7 +382,7 @@ class ReplayResult:
     parser_peak_rss_mb: float = 0.0  # that process's peak resident set size
     parser_wait: float = 0.0  # seconds the writer waited for that process's next batch
     # CPU seconds of a PostgreSQL server on this host over the same time as `elapsed`
-    # (`bot.bench_probe.server_cpu_seconds`); None where that cannot be read.
+    # (`bot.probes.server_cpu_seconds`); None where that cannot be read.
     server_cpu: float | None = None
 
     @property
@@ -459,7 +459,8 @@ def replay(
         clock = PostTimeClock()
         pipeline = Pipeline(sessions, [brand], max_posts=batch_size, clock=clock)
         read = ReadTotals()
-        server_before = server_cpu_seconds(url)
+        server = postmaster_of(engine)
+        server_before = server_cpu_seconds(server)
         started = time.perf_counter()
         # SQLite's checkpoints run beside the commits, as in the worker.
         with WalCheckpointer(url):
@@ -475,7 +476,7 @@ def replay(
                 )
                 figures = (0.0, 0.0, 0.0)
         elapsed = time.perf_counter() - started
-        server_after = server_cpu_seconds(url)
+        server_after = server_cpu_seconds(server)
         with sessions() as session:
             database = database_summary(session, [c.id for c in brand.campaigns])
     finally:

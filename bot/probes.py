@@ -1,92 +1,150 @@
 """What a replay and the storm benchmark measure besides the wall clock: the database server's
 CPU, and the time the writer waits on each kind of statement.
 
-- `server_cpu_seconds(url)`: the CPU seconds a PostgreSQL server on this host has used so far,
-  read from `/proc`: every process named `postgres` (the postmaster, its background workers,
-  the live backends), plus what the postmaster's reaped children used. The difference over a
-  run is the server's share of it (and of anything else it did meanwhile). None when the
-  database is not PostgreSQL on this host, or `/proc` does not tell.
+- `postmaster_of(engine)` finds the PostgreSQL server an engine talks to among this host's
+  processes (the parent of its backend), and `server_cpu_seconds(postmaster)` the CPU seconds
+  that server has used so far, read from `/proc`: the postmaster's own and what its reaped
+  children used, plus its live children's (backends, background workers). The difference over
+  a run is the server's share of it, and of whatever else the server did meanwhile. None where
+  the server is not on this host, or `/proc` does not tell (another machine, a container).
 - `StatementTimer`: while it is open, every statement any engine of this process runs is timed
-  from the writer's side (sent, executed, answered; through SQLAlchemy's cursor events), and
-  each commit (the dialect's `do_commit`). Statements are grouped by their text with literals
-  and numbers blanked, so a batch's statement counts as one kind whatever its constants.
+  from the writer's side (sent, run and answered: the server's work, the round trip and the
+  driver's own), and each commit (the dialect's `do_commit`). Statements are grouped by their
+  text with literals and numbers blanked, so a batch's statement counts as one kind whatever
+  its constants.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.engine.default import DefaultDialect
-
-from config.database import normalize_url
 
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 COMMIT = "COMMIT"
+PROC = Path("/proc")
 
 
-def server_cpu_seconds(url: str, *, proc: Path = Path("/proc")) -> float | None:
-    """CPU seconds used so far by the PostgreSQL server at `url`, if it runs on this host."""
-    parsed = make_url(normalize_url(url))
-    if not parsed.get_backend_name().startswith("postgresql"):
+# -- the server's CPU ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stat:
+    name: str
+    parent: int
+    ticks: int  # utime + stime + cutime + cstime
+
+
+def _stat(proc: Path, pid: int | str) -> _Stat | None:
+    try:
+        line = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None  # gone meanwhile, or not ours to read
+    # "pid (comm) state ppid ...": the name may hold spaces and parentheses; the fields after
+    # its last ")" do not. utime, stime, cutime, cstime are stat(5)'s fields 14-17.
+    fields = line[line.rfind(")") + 2 :].split()
+    try:
+        return _Stat(
+            name=line[line.find("(") + 1 : line.rfind(")")],
+            parent=int(fields[1]),
+            ticks=sum(int(value) for value in fields[11:15]),
+        )
+    except (IndexError, ValueError):
         return None
-    if (parsed.host or "") not in LOCAL_HOSTS:
+
+
+def postmaster_of(engine: Engine, *, proc: Path = PROC) -> int | None:
+    """The process id of the PostgreSQL server `engine` talks to, if it runs on this host."""
+    if engine.dialect.name != "postgresql" or (engine.url.host or "") not in LOCAL_HOSTS:
+        return None
+    with engine.connect() as conn:
+        backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    found = _stat(proc, backend)
+    if found is None or found.name != "postgres":
+        return None
+    parent = _stat(proc, found.parent)
+    if parent is None or parent.name != "postgres":
+        return None
+    return found.parent
+
+
+def server_cpu_seconds(postmaster: int | None, *, proc: Path = PROC) -> float | None:
+    """CPU seconds used so far by the server whose postmaster is `postmaster`, and its children.
+
+    A child that exits between reading it and reading the postmaster moves its time into the
+    postmaster's reaped children's: the postmaster is read before and after its children, and
+    the reading is taken again (up to three times) when it changed meanwhile.
+    """
+    if postmaster is None:
         return None
     try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        entries = list(proc.iterdir())
-    except (OSError, ValueError, AttributeError):
+        ticks_per_second = os.sysconf("SC_CLK_TCK")
+        pids = [entry.name for entry in proc.iterdir() if entry.name.isdigit()]
+    except (OSError, ValueError):
         return None
     total = 0
-    found = False
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        # "pid (comm) state ppid ...": the name may hold spaces; the fields after it do not.
-        name = stat[stat.find("(") + 1 : stat.rfind(")")]
-        if name != "postgres":
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 12-15 counted from the state.
-        total += sum(int(value) for value in fields[11:15])
-        found = True
-    return total / ticks if found else None
+    for _ in range(3):
+        first = _stat(proc, postmaster)
+        if first is None:
+            return None
+        children = 0
+        for pid in pids:
+            child = _stat(proc, pid)
+            if child is not None and child.parent == postmaster:
+                children += child.ticks
+        last = _stat(proc, postmaster)
+        if last is None:
+            return None
+        total = last.ticks + children
+        if last.ticks == first.ticks:
+            break
+    return total / ticks_per_second
+
+
+# -- statements, timed from the writer ---------------------------------------------------------
 
 
 def statement_kind(statement: str) -> str:
     """A statement's text with string literals and numbers blanked, whitespace collapsed."""
-    text = re.sub(r"'(?:[^']|'')*'", "'?'", statement)
-    text = re.sub(r"\b\d+\b", "N", text)
-    return " ".join(text.split())
+    blanked = re.sub(r"'(?:[^']|'')*'", "'?'", statement)
+    blanked = re.sub(r"(?<![A-Za-z])\d+", "N", blanked)  # `%(id__0)s` too; not `t2`
+    return " ".join(blanked.split())
 
 
 class StatementTimer:
-    """Seconds and calls per kind of statement, and for commits, while open (not reentrant)."""
+    """Seconds and calls per kind of statement, and for commits, while open.
+
+    One timer is open at a time in a process (it patches `DefaultDialect.do_commit`).
+    Start times are kept per connection (SQLAlchemy's own recipe), so statements of other
+    threads' connections, or one that failed, do not pair with another's end.
+    """
+
+    _open: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
-        self._started: list[float] = []
+        self._lock = threading.Lock()
         self._commit: Any = None
 
     def __enter__(self) -> StatementTimer:
-        event.listen(Engine, "before_cursor_execute", self._before)
-        event.listen(Engine, "after_cursor_execute", self._after)
-        event.listen(Engine, "handle_error", self._failed)
-        self._commit = DefaultDialect.do_commit
+        if StatementTimer._open:
+            raise RuntimeError("a StatementTimer is already open in this process")
+        StatementTimer._open = True
+        commit: Callable[[DefaultDialect, Any], None] = DefaultDialect.do_commit
+        self._commit = commit
         timer = self
-        commit = self._commit
 
         def do_commit(dialect: DefaultDialect, dbapi_connection: Any) -> None:
             started = time.perf_counter()
@@ -94,6 +152,8 @@ class StatementTimer:
             timer._add(COMMIT, time.perf_counter() - started)
 
         DefaultDialect.do_commit = do_commit  # type: ignore[method-assign]
+        event.listen(Engine, "before_cursor_execute", self._before)
+        event.listen(Engine, "after_cursor_execute", self._after)
         return self
 
     def __exit__(
@@ -102,28 +162,30 @@ class StatementTimer:
         value: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        event.remove(Engine, "before_cursor_execute", self._before)
-        event.remove(Engine, "after_cursor_execute", self._after)
-        event.remove(Engine, "handle_error", self._failed)
-        DefaultDialect.do_commit = self._commit  # type: ignore[method-assign]
+        try:
+            DefaultDialect.do_commit = self._commit  # type: ignore[method-assign]
+        finally:
+            StatementTimer._open = False
+            event.remove(Engine, "before_cursor_execute", self._before)
+            event.remove(Engine, "after_cursor_execute", self._after)
 
-    def _before(self, *_: Any) -> None:
-        self._started.append(time.perf_counter())
+    @staticmethod
+    def _before(conn: Any, *_: Any) -> None:
+        conn.info.setdefault("statement_timer", []).append(time.perf_counter())
 
-    def _after(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if self._started:
-            self._add(statement_kind(statement), time.perf_counter() - self._started.pop())
-
-    def _failed(self, _context: Any) -> None:
-        if self._started:  # a statement that failed is not timed
-            self._started.pop()
+    def _after(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        started = conn.info.get("statement_timer")
+        if started:  # a statement that failed left its start below this one's: harmless
+            self._add(statement_kind(statement), time.perf_counter() - started.pop())
 
     def _add(self, kind: str, seconds: float) -> None:
-        self.seconds[kind] += seconds
-        self.calls[kind] += 1
+        with self._lock:
+            self.seconds[kind] += seconds
+            self.calls[kind] += 1
 
-    def top(self, count: int, *, width: int = 120) -> list[dict[str, Any]]:
+    def top(self, count: int, *, width: int = 160) -> list[dict[str, Any]]:
         """The `count` kinds that took longest in all, each with its calls and mean."""
+        ranked = sorted(self.seconds.items(), key=_by_seconds, reverse=True)[:count]
         return [
             {
                 "statement": kind[:width],
@@ -131,7 +193,7 @@ class StatementTimer:
                 "total_s": round(seconds, 3),
                 "ms_each": round(seconds / self.calls[kind] * 1000, 3),
             }
-            for kind, seconds in sorted(self.seconds.items(), key=_by_seconds, reverse=True)[:count]
+            for kind, seconds in ranked
         ]
 
 

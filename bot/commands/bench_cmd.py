@@ -71,6 +71,8 @@ def bench_storm(
         count = write_jsonl(storm(recorded, StormSpec(posts=posts, seed=seed)), write)
         typer.echo(json.dumps({"written": str(write), "posts": count, "seed": seed}))
         return
+    if profile and statements:
+        raise typer.BadParameter("--profile and --statements both time the first run: choose one")
     from bot.bench import run_storm
 
     report = run_storm(
