@@ -19,6 +19,7 @@ Without a database URL every run gets a fresh SQLite file in a temporary directo
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import pstats
 import resource
@@ -154,10 +155,7 @@ def _run_once(
     }
     if not profile:
         cpu = time.process_time()
-        if timer is not None:
-            with timer:
-                result = replay(path, brand, **options)
-        else:
+        with timer if timer is not None else contextlib.nullcontext():
             result = replay(path, brand, **options)
         result.cpu = time.process_time() - cpu
         return result, run_audit(url), []
