@@ -23,6 +23,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
@@ -185,7 +186,7 @@ class StatementTimer:
 
     def top(self, count: int, *, width: int = 160) -> list[dict[str, Any]]:
         """The `count` kinds that took longest in all, each with its calls and mean."""
-        ranked = sorted(self.seconds.items(), key=_by_seconds, reverse=True)[:count]
+        ranked = sorted(self.seconds.items(), key=itemgetter(1), reverse=True)[:count]
         return [
             {
                 "statement": kind[:width],
@@ -195,7 +196,3 @@ class StatementTimer:
             }
             for kind, seconds in ranked
         ]
-
-
-def _by_seconds(item: tuple[str, float]) -> float:
-    return item[1]
