@@ -33,6 +33,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from config.database import is_postgres
+from orders import bulk_copy
 
 
 def _sqlite_text(value: datetime) -> str:
@@ -183,10 +184,17 @@ def insert_rows(
     under the campaign lock; a row that still collides is an error that rolls the whole batch
     back, unless `skip_conflicts_on` names a unique key whose duplicates are to be skipped
     (`ON CONFLICT (...) DO NOTHING`). `encoded` says the rows' times were already written with
-    `time_encoder`."""
+    `time_encoder`.
+
+    On PostgreSQL rows go by binary COPY (`orders.bulk_copy`), their values as the column types
+    take them; with `skip_conflicts_on`, which COPY cannot do, as one JSONB array."""
     if not rows:
         return 0
     constants = constants or {}
+    if is_postgres(session) and not skip_conflicts_on:
+        return bulk_copy.copy_rows(
+            session, table, (*columns, *constants), rows, tuple(constants.values())
+        )
     names = ", ".join([*columns, *constants])
     conflict = (
         f" ON CONFLICT ({', '.join(skip_conflicts_on)}) DO NOTHING" if skip_conflicts_on else ""
@@ -300,47 +308,38 @@ def insert_new(
     `columns`) is not in the table yet; return the positions in `rows` of those skipped. Rows'
     keys must be distinct and their times written with `time_encoder`.
 
-    PostgreSQL does it in one statement: the rows are unpacked once (numbered, in a CTE),
-    `ON CONFLICT (key) DO NOTHING` skips those already there (the insert probes the unique
-    index itself) and the positions of the skipped ones come back as one JSON array. SQLite,
-    which runs in-process, looks the keys up first (`_found_sqlite`: one probe of the key per
-    row, the keys travelling as one JSON array per platform) and inserts the rest.
+    The keys are looked up first (`_found`: one probe of the unique index per row, the keys
+    travelling as one JSON array per value of their leading columns, a batch of posts having
+    one platform), then the rest are inserted (`insert_rows`: binary COPY on PostgreSQL). The
+    engine holds its campaigns' lock meanwhile, so no other worker inserts the same posts
+    between the two. Without such a lock, a row another transaction inserts in between fails
+    the insert with the unique key's `IntegrityError`, and the transaction rolls back
+    (`bot.pipeline` tries such a batch again, and the retry finds the row).
     """
     if not rows:
         return set()
     if tuple(columns[: len(key)]) != tuple(key):
         raise ValueError(f"the key {key} must be the first columns of {columns}")
-    if is_postgres(session):
-        statement = _insert_new_statement(
-            session.get_bind().dialect, table, tuple(columns), tuple(constants), tuple(key)
-        )
-        payload = orjson.dumps(rows).decode()
-        skipped = session.execute(statement, _jsonb_params(payload, constants)).scalar_one()
-        return set(orjson.loads(skipped)) if skipped else set()
-    positions = _found_sqlite(session, table, key, rows)
+    positions = _found(session, table, tuple(key), rows)
     if positions:
         rows = [row for n, row in enumerate(rows) if n not in positions]
     insert_rows(session, table, columns, rows, constants=constants, encoded=True)
     return positions
 
 
-def _found_sqlite(
-    session: Session, table: Table, key: Sequence[str], rows: Sequence[Sequence[Any]]
+def _found(
+    session: Session, table: Table, key: tuple[str, ...], rows: Sequence[Sequence[Any]]
 ) -> set[int]:
     """Positions in `rows` of those whose `key` (their first columns) is in `table` already.
 
     One query per value of the key's leading columns (a batch of posts has one platform): the
-    key's last values travel as one JSON array, and each is one probe of the unique index.
-    `CROSS JOIN` keeps the array as the outer loop; left to itself, the planner may scan the
-    table once per value instead. `+j.value` compares as a bound value would (the column's
-    affinity applies: a number matches its text), not as json_each's column, which has none."""
+    key's last values travel as one JSON array, and each is one probe of the unique index."""
     lead = len(key) - 1
-    same = " AND ".join([f"t.{k} = ?" for k in key[:lead]] + [f"t.{key[lead]} = +j.value"])
-    sql = f"SELECT j.key FROM json_each(?) AS j CROSS JOIN {table.name} AS t ON {same}"
+    connection = session.connection()
+    sql = _found_statement(connection.dialect, table, key)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for n, row in enumerate(rows):
         groups.setdefault(tuple(row[:lead]), []).append(n)
-    connection = session.connection()
     positions: set[int] = set()
     for prefix, where in groups.items():
         payload = orjson.dumps([rows[n][lead] for n in where]).decode()
@@ -350,22 +349,29 @@ def _found_sqlite(
 
 
 @lru_cache(maxsize=16)
-def _insert_new_statement(
-    dialect: Dialect,
-    table: Table,
-    columns: tuple[str, ...],
-    constants: tuple[str, ...],
-    key: tuple[str, ...],
-) -> TextClause:
-    """`insert_new`'s statement on PostgreSQL (see there), written once per table and columns."""
-    names = ", ".join([*columns, *constants])
-    same = " AND ".join(f"ins.{k} = src.{k}" for k in key)
-    return text(
-        f"WITH src AS MATERIALIZED (SELECT n, {_jsonb_fields(dialect, table, columns, constants)} "
-        "FROM jsonb_array_elements(CAST(:rows AS JSONB)) WITH ORDINALITY AS t(e, n)), "
-        f"ins AS (INSERT INTO {table.name} ({names}) "
-        f"SELECT {names} FROM src ORDER BY n "
-        f"ON CONFLICT ({', '.join(key)}) DO NOTHING RETURNING {', '.join(key)}) "
-        "SELECT CAST(json_agg(src.n - 1) AS TEXT) FROM src "
-        f"WHERE NOT EXISTS (SELECT FROM ins WHERE {same})"
+def _found_statement(dialect: Dialect, table: Table, key: tuple[str, ...]) -> str:
+    """`_found`'s query: the array's positions (from 0) whose value, with the leading values
+    bound after the array, is a key of `table`.
+
+    SQLite: `CROSS JOIN` keeps the array as the outer loop; left to itself, the planner may
+    scan the table once per value instead. `+j.value` compares as a bound value would (the
+    column's affinity applies: a number matches its text), not as json_each's column, which
+    has none. PostgreSQL: the probe is a LATERAL subquery on each value, so the only plan is
+    one index probe per value, whatever the table's statistics (see `matching`); text keys
+    compare with the array's text as it is, other types are cast to the column's."""
+    lead = len(key) - 1
+    if dialect.name == "sqlite":
+        same = " AND ".join([f"t.{k} = ?" for k in key[:lead]] + [f"t.{key[lead]} = +j.value"])
+        return f"SELECT j.key FROM json_each(?) AS j CROSS JOIN {table.name} AS t ON {same}"
+    last = table.c[key[lead]]
+    value = (
+        "k.value"
+        if last.type.python_type is str
+        else f"CAST(k.value AS {last.type.compile(dialect=dialect)})"
+    )
+    same = " AND ".join([f"t.{k} = %s" for k in key[:lead]] + [f"t.{key[lead]} = {value}"])
+    return (
+        "SELECT k.n - 1 FROM jsonb_array_elements_text(CAST(%s AS JSONB)) WITH ORDINALITY "
+        f"AS k(value, n) CROSS JOIN LATERAL (SELECT 1 FROM {table.name} AS t WHERE {same} "
+        "LIMIT 1) AS r"
     )
