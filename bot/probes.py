@@ -21,16 +21,19 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.orm import Session
+
+from orders import bulk_copy
 
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 COMMIT = "COMMIT"
@@ -126,7 +129,8 @@ def statement_kind(statement: str) -> str:
 class StatementTimer:
     """Seconds and calls per kind of statement, and for commits, while open.
 
-    One timer is open at a time in a process (it patches `DefaultDialect.do_commit`).
+    One timer is open at a time in a process: it patches `DefaultDialect.do_commit`, and
+    `orders.bulk_copy.copy_rows`, whose COPY SQLAlchemy's cursor events do not see.
     Start times are kept per connection (SQLAlchemy's own recipe), so statements of other
     threads' connections, or one that failed, do not pair with another's end.
     """
@@ -138,6 +142,7 @@ class StatementTimer:
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._commit: Any = None
+        self._copy_rows: Any = None
 
     def __enter__(self) -> StatementTimer:
         if StatementTimer._open:
@@ -153,6 +158,24 @@ class StatementTimer:
             timer._add(COMMIT, time.perf_counter() - started)
 
         DefaultDialect.do_commit = do_commit  # type: ignore[method-assign]
+        copy_rows = bulk_copy.copy_rows
+        self._copy_rows = copy_rows
+
+        def timed_copy_rows(
+            session: Session,
+            table: Table,
+            names: tuple[str, ...],
+            rows: Iterable[Sequence[Any]],
+            extra: tuple[Any, ...] = (),
+        ) -> int:
+            started = time.perf_counter()
+            try:
+                return copy_rows(session, table, names, rows, extra)
+            finally:
+                kind = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+                timer._add(kind, time.perf_counter() - started)
+
+        bulk_copy.copy_rows = timed_copy_rows
         event.listen(Engine, "before_cursor_execute", self._before)
         event.listen(Engine, "after_cursor_execute", self._after)
         return self
@@ -165,6 +188,7 @@ class StatementTimer:
     ) -> None:
         try:
             DefaultDialect.do_commit = self._commit  # type: ignore[method-assign]
+            bulk_copy.copy_rows = self._copy_rows
         finally:
             StatementTimer._open = False
             event.remove(Engine, "before_cursor_execute", self._before)

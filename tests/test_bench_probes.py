@@ -22,6 +22,7 @@ from bot.probes import (
     statement_kind,
 )
 from config.database import create_engine
+from orders import bulk_copy
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -156,20 +157,23 @@ def test_a_statement_timer_is_closed_whatever_happens_inside_and_opens_once(
     tmp_path: Path,
 ) -> None:
     original = DefaultDialect.do_commit
+    original_copy = bulk_copy.copy_rows
     timer = StatementTimer()
     patched = []
 
     def fail_inside() -> None:
         with timer:
             patched.append(DefaultDialect.do_commit is not original)
+            patched.append(bulk_copy.copy_rows is not original_copy)
             with pytest.raises(RuntimeError, match="already open"), StatementTimer():
                 pass
             raise ZeroDivisionError
 
     with pytest.raises(ZeroDivisionError):
         fail_inside()
-    assert patched == [True]
+    assert patched == [True, True]
     assert DefaultDialect.do_commit is original
+    assert bulk_copy.copy_rows is original_copy
     engine = create_engine(f"sqlite:///{tmp_path / 'after.db'}")
     try:
         with engine.begin() as conn:
@@ -215,3 +219,15 @@ def test_bench_storm_on_postgresql_reports_the_servers_cpu(pg_url: str) -> None:
     report = json.loads(result.stdout)
     assert report["audit"] == "ok"
     assert report["server_cpu_s"] > 0
+
+
+@pytest.mark.postgres
+def test_the_statements_on_postgresql_include_the_copies(pg_url: str) -> None:
+    """The engine's inserts go by COPY there, which SQLAlchemy's cursor events do not see."""
+    args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--db", pg_url]
+    result = CliRunner().invoke(app, [*args, "--statements", "30"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    calls = {row["statement"].split(" (")[0]: row["calls"] for row in report["statements"]["top"]}
+    assert calls["COPY order_reservations"] == report["batches"]
+    assert calls["COPY order_posts"] == report["batches"]
