@@ -1,8 +1,9 @@
 """Set-based statements for the engine's hot path, on PostgreSQL and SQLite.
 
-A batch of thousands of posts must cost a handful of statements. On PostgreSQL a batch of rows
-travels as one JSONB array of arrays, encoded by orjson and unpacked server-side (one statement,
-one round trip); on SQLite, which runs in-process, rows go through the driver's `executemany`.
+A batch of thousands of posts must cost a handful of statements. On PostgreSQL new rows go by
+binary COPY (`orders.bulk_copy`), and rows to update, or to insert skipping duplicates, travel
+as one JSONB array of arrays, encoded by orjson and unpacked server-side (one statement, one
+round trip); on SQLite, which runs in-process, rows go through the driver's `executemany`.
 Lists of keys travel as one JSON array on both, so a statement's text never depends on the batch
 size and its plan can be cached.
 """

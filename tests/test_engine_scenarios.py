@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Table, event
+from sqlalchemy.orm import Session
 from test_engine_support import CLOSES, OPENS, Shop, kinds, make_brand
 
+from orders import bulk_copy
 from orders.engine import capture_held
 
 PRICE = 100_00
@@ -331,7 +334,9 @@ def test_top_up_confirms_oldest_first_while_credit_lasts(shop: Shop) -> None:
     assert shop.topup("alice", PRICE) == []
 
 
-def test_a_batch_of_thousands_costs_a_handful_of_statements(db_url: str) -> None:
+def test_a_batch_of_thousands_costs_a_handful_of_statements(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shop = Shop(db_url, make_brand(stock={"PHONE-BLACK": 500, "PHONE-WHITE": 500}))
     shop.topup("fan1", 10 * PRICE)
     batch = [
@@ -343,11 +348,21 @@ def test_a_batch_of_thousands_costs_a_handful_of_statements(db_url: str) -> None
     def count(*args: object) -> None:
         statements.append(str(args[2]))
 
+    copy_rows = bulk_copy.copy_rows
+
+    def count_copy(session: Session, table: Table, *args: Any) -> int:
+        statements.append(f"COPY {table.name}")  # PostgreSQL's, which cursor events miss
+        return copy_rows(session, table, *args)
+
+    monkeypatch.setattr(bulk_copy, "copy_rows", count_copy)
     event.listen(shop.engine, "before_cursor_execute", count)
     outs = shop.apply(*batch)
     event.remove(shop.engine, "before_cursor_execute", count)
     assert len(outs) == 3100
     assert shop.stock()["allocated"] == 500
     assert len(statements) <= 25, statements
+    copies = [s for s in statements if s.startswith("COPY")]
+    if shop.engine.dialect.name == "postgresql":
+        assert copies == ["COPY order_posts", "COPY order_reservations"], statements
     assert shop.audit() == []
     shop.close()
