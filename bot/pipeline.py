@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +46,8 @@ from orders import engine
 from orders.commands import Command, Decision
 from orders.outcomes import Outcome
 from orders.parser import Grammar, compile_grammar, parse
+from orders.tables import posts as post_rows
+from orders.tables import reservations as reservation_rows
 
 log = logging.getLogger(__name__)
 _campaign_of = operator.attrgetter("campaign_id")
@@ -199,14 +202,53 @@ def to_command(envelope: Envelope, directory: CampaignDirectory, *, now: datetim
     )
 
 
+# The longest values the engine's tables take (`orders.tables`).
+def _length(column: ColumnElement[Any]) -> int:
+    length = getattr(column.type, "length", None)
+    assert isinstance(length, int), column
+    return length
+
+
+_POST_ID_MAX = _length(post_rows.c.post_id)
+_BUYER_MAX = _length(reservation_rows.c.buyer)
+_HANDLE_MAX = _length(reservation_rows.c.handle)
+_LANG_MAX = _length(reservation_rows.c.lang)
+
+
+def refusal(signal: Signal) -> str | None:
+    """Why the engine could not store `signal`, or None. No platform sends such values; a
+    hostile or broken server might, and the database would refuse the whole batch with it,
+    again after every restart (PostgreSQL; SQLite would store them whole)."""
+    if len(signal.post_id) > _POST_ID_MAX:
+        return f"post id longer than {_POST_ID_MAX} characters"
+    if isinstance(signal, Post):
+        if len(signal.buyer) > _BUYER_MAX:
+            return f"account id longer than {_BUYER_MAX - len(signal.platform) - 1} characters"
+        if len(signal.author_handle) > _HANDLE_MAX:
+            return f"account handle longer than {_HANDLE_MAX} characters"
+        if isinstance(signal.lang, str) and len(signal.lang) > _LANG_MAX:
+            return f"language tag longer than {_LANG_MAX} characters"
+    return None
+
+
 def decide(
     batch: Sequence[Envelope], directory: CampaignDirectory, *, now: datetime
 ) -> tuple[list[Command], dict[str, str]]:
     """The parse step of a batch: one command per signal, and each source's cursor after it.
 
-    Pure (no database), so it can run in another process than the commit.
+    A signal the engine could not store (`refusal`) is left out with a warning that says why;
+    its cursor still moves past it. Pure (no database), so it can run in another process than
+    the commit.
     """
-    commands = [to_command(env, directory, now=now) for env in batch]
+    commands: list[Command] = []
+    for env in batch:
+        problem = refusal(env.signal)
+        if problem is None:
+            commands.append(to_command(env, directory, now=now))
+        else:
+            log.warning(
+                "%s post %.80r refused: %s", env.signal.platform, env.signal.post_id, problem
+            )
     positions: dict[str, str] = {}
     for env in batch:
         if env.cursor is not None:

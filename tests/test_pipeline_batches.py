@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -328,3 +329,32 @@ def test_a_connector_faster_than_the_database_waits_instead_of_filling_memory(
     assert submitted == list(range(6))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(posts)) == 6
+
+
+def test_a_post_whose_values_the_tables_cannot_hold_is_refused_and_the_batch_commits(
+    sessions: sessionmaker[Session], brand: Brand, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile or broken server's over-long id, account, handle or language tag: on
+    PostgreSQL it would fail its whole batch, and again after every restart."""
+    pipeline = Pipeline(sessions, [brand], max_posts=100, clock=FakeClock(START))
+    bad = {
+        "post id longer than 64": replace(order(1), post_id="9" * 65),
+        "account id longer than 191": replace(order(2), author_id="7" * 192),
+        "account handle longer than 200": replace(order(3), author_handle="fan@" + "a" * 197),
+        "language tag longer than 16": replace(order(4), lang="x" * 17),
+        "post id longer than 64 characters": Deletion("mastodon", "8" * 65),
+    }
+    fine = [order(5), replace(order(6), post_id="6" * 64, author_handle="h" * 200, lang="l" * 16)]
+    for n, signal in enumerate([*bad.values(), *fine]):
+        pipeline.submit(signal, SOURCE, cursor=f"n{n}")
+    with caplog.at_level("WARNING", logger="bot.pipeline"):
+        reports = pipeline.drain()
+    assert [r.signals for r in reports] == [2]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == len(bad)
+    for reason, message in zip(bad, refused, strict=True):
+        assert reason in message
+    with sessions() as session:
+        stored = set(session.scalars(select(posts.c.post_id)))
+        assert stored == {"1005", "6" * 64}
+        assert cursors.load(session, SOURCE.cursor_key) == f"n{len(bad) + 1}"
