@@ -1,8 +1,9 @@
 """PostgreSQL's binary COPY (`orders.bulk_copy`): what the engine's inserts go through there.
 
 Rows arrive exactly as given, their failures are SQLAlchemy's errors (so `bot.pipeline` retries
-what it retries for any statement), a wrong value is refused before anything is stored, and a
-key probe (`orders.bulk._found`) works for keys that are not text.
+what it retries for any statement), a value of the wrong type or length is refused, the
+connection goes on after any of these, and a key probe (`orders.bulk._found`) works for keys
+that are not text.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import ARRAY, Column, Engine, Float, MetaData, String, Table, select, text
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.database import create_engine, session_factory
@@ -70,17 +71,23 @@ def test_the_types_are_the_columns_own(engine: Engine) -> None:
         "integer",
     )
     assert copy_types(engine.dialect, reservations, ("id", "queue_ticket")) == ("bigint", "bigint")
+    other = Table("other", MetaData(), Column("share", Float), Column("tags", ARRAY(String(8))))
+    for name in ("share", "tags"):
+        with pytest.raises(TypeError, match=f"other.{name}: no binary COPY"):
+            copy_types(engine.dialect, other, (name,))
 
 
-def test_a_duplicate_key_is_sqlalchemys_integrity_error_and_stores_nothing(
+def test_a_duplicate_key_is_sqlalchemys_integrity_error_and_the_connection_goes_on(
     sessions: sessionmaker[Session],
 ) -> None:
     with sessions.begin() as session:
         insert_rows(session, posts, COLUMNS, [post("1")], constants=CONSTANTS)
     with pytest.raises(IntegrityError, match="pk_order_posts"), sessions.begin() as session:
         insert_rows(session, posts, COLUMNS, [post("2"), post("1")], constants=CONSTANTS)
+    with sessions.begin() as session:  # the failed COPY ended: the next statement runs
+        insert_rows(session, posts, COLUMNS, [post("3")], constants=CONSTANTS)
     with sessions() as session:
-        assert session.execute(select(posts.c.post_id)).scalars().all() == ["1"]
+        assert session.execute(select(posts.c.post_id)).scalars().all() == ["1", "3"]
 
 
 @pytest.mark.parametrize(
@@ -91,15 +98,25 @@ def test_a_duplicate_key_is_sqlalchemys_integrity_error_and_stores_nothing(
         (4, "2026-03-01 12:00:00+00"),  # a time as text
     ],
 )
-def test_a_value_of_the_wrong_type_is_refused_and_nothing_is_stored(
+def test_a_value_of_the_wrong_type_is_refused_and_the_connection_goes_on(
     sessions: sessionmaker[Session], field: int, value: object
 ) -> None:
     bad = list(post("2"))
     bad[field] = value
     with pytest.raises(TypeError), sessions.begin() as session:
         insert_rows(session, posts, COLUMNS, [post("1"), tuple(bad)], constants=CONSTANTS)
+    with sessions.begin() as session:  # the COPY was abandoned, not left open
+        insert_rows(session, posts, COLUMNS, [post("3")], constants=CONSTANTS)
     with sessions() as session:
-        assert session.execute(select(posts.c.post_id)).all() == []
+        assert session.execute(select(posts.c.post_id)).scalars().all() == ["3"]
+
+
+def test_a_text_longer_than_its_column_is_refused_not_cut_short(
+    sessions: sessionmaker[Session],
+) -> None:
+    """`bot.pipeline.refusal` keeps such posts from the engine; here the database says no."""
+    with pytest.raises(DataError, match="too long"), sessions.begin() as session:
+        insert_rows(session, posts, COLUMNS, [post("9" * 65)], constants=CONSTANTS)
 
 
 def test_a_connection_the_server_dropped_is_invalidated(
