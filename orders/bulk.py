@@ -312,10 +312,11 @@ def insert_new(
     The keys are looked up first (`_found`: one probe of the unique index per row, the keys
     travelling as one JSON array per value of their leading columns, a batch of posts having
     one platform), then the rest are inserted (`insert_rows`: binary COPY on PostgreSQL). The
-    engine holds its campaigns' lock meanwhile, so no other worker inserts the same posts
-    between the two. Without such a lock, a row another transaction inserts in between fails
-    the insert with the unique key's `IntegrityError`, and the transaction rolls back
-    (`bot.pipeline` tries such a batch again, and the retry finds the row).
+    engine holds its campaigns' lock meanwhile, so no other worker inserts the same posts for
+    the same campaign between the two. A row another transaction inserts in between all the
+    same (the same post under another campaign's lock) fails the insert with the unique key's
+    `IntegrityError`, and the transaction rolls back (`bot.pipeline` tries such a batch
+    again, and the retry finds the row).
     """
     if not rows:
         return set()

@@ -166,10 +166,11 @@ def _record(book: Book, items: list[Indexed], *, deleted: bool = False) -> list[
     """Insert post rows; returns the items that are new, emitting `duplicate` for the rest.
     Items must be distinct posts.
 
-    A post already recorded is skipped by the insert itself (`orders.bulk.insert_new`: on
-    PostgreSQL one `INSERT ... ON CONFLICT DO NOTHING` that returns the keys it inserted). The
-    stock lock taken by `Book.open` serialises every batch of the campaign; a worker that
-    inserted the same post meanwhile makes it a duplicate here.
+    A post already recorded is skipped (`orders.bulk.insert_new`: the keys are probed, then
+    the new rows inserted). The stock lock taken by `Book.open` serialises every batch of the
+    campaign, so a worker that recorded the same post for the same campaign earlier makes it a
+    duplicate here; one that recorded it under another campaign's lock at the same moment
+    makes the insert fail with `IntegrityError`, and `bot.pipeline` tries the batch again.
     """
     if not items:
         return []
