@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors
 from bot.outbox import Composer, Sender
-from bot.pipeline import BatchReport, Pipeline, Source
+from bot.pipeline import DEFAULT_MAX_POSTS, BatchReport, Pipeline, Source
 from config.brand import Brand, normalize_hashtag
 from connectors.base import AuthFailed, Connector, hashtag_feed
 from connectors.mastodon import MastodonConnector
@@ -132,7 +132,7 @@ class Worker:
         brands: Sequence[Brand],
         *,
         clock: Clock | None = None,
-        max_posts: int = 500,
+        max_posts: int = DEFAULT_MAX_POSTS,
         max_wait_ms: float = 50,
         send: bool = True,
         sender_idle_seconds: float = 1.0,

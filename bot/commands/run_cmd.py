@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from bot.pipeline import DEFAULT_MAX_POSTS
 from bot.worker import Worker
 from config.brand import Brand
 from config.settings import Settings, get_settings
@@ -60,7 +61,7 @@ DbOption = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)
 def worker(
     brand: list[Path] | None = BrandOption,
     db: str | None = DbOption,
-    batch: int = typer.Option(500, help="Flush a batch at this many posts"),
+    batch: int = typer.Option(DEFAULT_MAX_POSTS, help="Flush a batch at this many posts"),
     wait_ms: float = typer.Option(50.0, help="... or this long after its first post"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
