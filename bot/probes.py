@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -165,7 +165,7 @@ class StatementTimer:
             session: Session,
             table: Table,
             names: tuple[str, ...],
-            rows: Iterable[Sequence[Any]],
+            rows: Sequence[Sequence[Any]],
             extra: tuple[Any, ...] = (),
         ) -> int:
             started = time.perf_counter()

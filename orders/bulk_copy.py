@@ -16,7 +16,7 @@ from JSON (an explicit cast) would have cut short.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -58,7 +58,7 @@ def copy_rows(
     session: Session,
     table: Table,
     names: tuple[str, ...],
-    rows: Iterable[Sequence[Any]],
+    rows: Sequence[Sequence[Any]],
     extra: tuple[Any, ...] = (),
 ) -> int:
     """Write `rows` (values in `names` order, each followed by `extra`) into `table` with one
@@ -75,19 +75,13 @@ def copy_rows(
     statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
     driver = connection.connection.driver_connection
     assert driver is not None
-    count = 0
+    whole = ((*row, *extra) for row in rows) if extra else rows
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types(types)
             write = copy.write_row
-            if extra:
-                for row in rows:
-                    write((*row, *extra))
-                    count += 1
-            else:
-                for row in rows:
-                    write(row)
-                    count += 1
+            for row in whole:
+                write(row)
     except dialect.loaded_dbapi.Error as error:
         # A connection the server dropped is marked unusable, as SQLAlchemy does for its own.
         lost = dialect.is_disconnect(error, driver, None)
@@ -96,4 +90,4 @@ def copy_rows(
         raise DBAPIError.instance(
             statement, None, error, dialect.loaded_dbapi.Error, connection_invalidated=lost
         ) from error
-    return count
+    return len(rows)
