@@ -1,6 +1,6 @@
 """The storage floor of a storm: its post and reservation rows inserted with no engine around them.
 
-    .venv/bin/python bench/insert_floor.py [--db URL] [--posts 1300000] [--batch 1000]
+    .venv/bin/python bench/insert_floor.py [--db URL] [--posts 1300000] [--batch 4000]
         [--buyers storm|random] [--without INDEX ...] [--no-checkpointer]
         [--wal-autocheckpoint PAGES]
 
@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bot.bench import drop_tables, reset_tables
+from bot.pipeline import DEFAULT_MAX_POSTS
 from bot.storm import StormSpec
 from config import database
 from config.database import WalCheckpointer, create_engine, session_factory
@@ -232,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--posts", type=int, default=1_300_000)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=DEFAULT_MAX_POSTS, help="posts per batch")
     parser.add_argument(
         "--buyers",
         choices=("storm", "random"),

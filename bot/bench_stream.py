@@ -316,19 +316,21 @@ def run_stream(
     stock: int | None = None,
     seed: int = 0,
     db: str | None = None,
-    max_posts: int = 1000,
+    max_posts: int | None = None,
     max_wait_ms: float = 50.0,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Stream `posts` storm posts through the connector and pipeline; report posts per second."""
+    """Stream `posts` storm posts through the connector and pipeline; report posts per second.
+    `max_posts` is the pipeline's batch size, the worker's default unless given."""
     from bot.bench import peak_rss_mb, percentile, reset_tables, run_audit
     from bot.feed import database_summary
-    from bot.pipeline import BatchReport, Pipeline, Source
+    from bot.pipeline import DEFAULT_MAX_POSTS, BatchReport, Pipeline, Source
     from bot.storm import scaled_brand
     from config.database import create_engine, session_factory
     from connectors.mastodon import MastodonConnector
     from orders.campaigns import load_campaigns
 
+    max_posts = max_posts or DEFAULT_MAX_POSTS
     stock = stock if stock is not None else max(4, posts // 26)
     now = datetime.now(UTC).replace(microsecond=0)
     opens_at = now - timedelta(minutes=10)

@@ -33,7 +33,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bot.pipeline import BatchReport, CampaignDirectory, Envelope, Pipeline, Source, decide
+from bot.pipeline import (
+    DEFAULT_MAX_POSTS,
+    BatchReport,
+    CampaignDirectory,
+    Envelope,
+    Pipeline,
+    Source,
+    decide,
+)
 from bot.probes import postmaster_of, server_cpu_seconds
 from bot.schema import prepare
 from config.brand import Brand
@@ -48,7 +56,7 @@ from orders.commands import Command
 Format = Literal["text", "mastodon", "twitter"]
 FORMATS: tuple[Format, ...] = ("text", "mastodon", "twitter")
 
-DEFAULT_BATCH = 1000
+DEFAULT_BATCH = DEFAULT_MAX_POSTS  # a replay is a backlog: the worker's batches when behind
 
 
 class PostTimeClock:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors
-from bot.pipeline import Batcher, Envelope, Pipeline, Source, to_command
+from bot.pipeline import DEFAULT_MAX_POSTS, Batcher, Envelope, Pipeline, Source, to_command
 from bot.tables import outbox_messages
 from config.brand import Brand
 from config.database import session_factory
@@ -23,7 +23,8 @@ from config.loader import load_brand, parse_brand
 from connectors.pacing import FakeClock
 from connectors.post import Deletion, Post
 from orders.campaigns import load_campaigns
-from orders.tables import posts, reservations
+from orders.audit import audit
+from orders.tables import ALLOCATED_STATES, posts, reservations
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -181,6 +182,42 @@ def test_a_unique_key_error_that_persists_stops_after_the_bounded_retries(
     assert len(sleeps) == 2
     with sessions() as session:
         assert cursors.load(session, SOURCE.cursor_key) is None
+
+
+def test_a_backlog_is_committed_in_full_batches_of_the_workers_default_size(
+    sessions: sessionmaker[Session], brand: Brand
+) -> None:
+    # A storm's opening: more signals wait than a batch holds. The first batch is full at
+    # once (redeliveries included); the rest, deletions among them, waits for its time.
+    clock = FakeClock(START)
+    pipeline = Pipeline(sessions, [brand], clock=clock)
+    fans = DEFAULT_MAX_POSTS - 200
+    for n in range(fans):
+        pipeline.submit(order(n), SOURCE, cursor=f"n{n}")
+    for n in range(200):
+        pipeline.submit(order(n), SOURCE, cursor=f"again{n}")
+    for n in range(100):
+        pipeline.submit(Deletion(platform="mastodon", post_id=str(1000 + n)), SOURCE)
+    for n in range(fans, fans + 100):
+        pipeline.submit(order(n), SOURCE, cursor="last")
+
+    pipeline.pump(timeout=0)
+    assert pipeline.stats.batches == 1 and pipeline.stats.signals == DEFAULT_MAX_POSTS
+    assert pipeline.depth() == 200
+    clock.advance(0.05)
+    pipeline.pump(timeout=0)
+    assert pipeline.stats.batches == 2 and pipeline.depth() == 0
+
+    stock = next(p.stock for p in brand.campaigns[0].products if p.sku == "DEMO-64-BLACK")
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(posts)) == fans + 100
+        states = dict(session.execute(select(reservations.c.post_id, reservations.c.state)).all())
+        assert all(states[str(1000 + n)] == "cancelled" for n in range(100))
+        allocated = [p for p, state in states.items() if state in ALLOCATED_STATES]
+        # The deleted posts' units went to the first of the waitlist, in post order.
+        assert sorted(allocated, key=int) == [str(1000 + n) for n in range(100, 100 + stock)]
+        assert cursors.load(session, SOURCE.cursor_key) == "last"
+        assert audit(session) == []
 
 
 def test_edits_are_stamped_with_their_edit_time_and_deletes_cancel(

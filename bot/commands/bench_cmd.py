@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from bot.pipeline import DEFAULT_MAX_POSTS
+
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 
 
@@ -20,7 +22,9 @@ def bench_storm(
         None, "--db", help="Database URL; its tables are dropped and created (default: temp SQLite)"
     ),
     brand: str = typer.Option("xiaomi", "--brand", help="Brand file or id"),
-    batch: int = typer.Option(1000, "--batch", min=1, help="Posts per transaction"),
+    batch: int = typer.Option(
+        DEFAULT_MAX_POSTS, "--batch", min=1, help="Posts per transaction (the worker's default)"
+    ),
     runs: int = typer.Option(1, "--runs", min=1, help="Replays on fresh tables; medians reported"),
     baseline: bool = typer.Option(False, "--baseline", help="Also run the naive implementation"),
     baseline_posts: int = typer.Option(
@@ -104,7 +108,9 @@ def bench_stream(
         None, "--db", help="Database URL; its tables are dropped and created (default: temp SQLite)"
     ),
     brand: str = typer.Option("xiaomi", "--brand", help="Brand file or id"),
-    batch: int = typer.Option(1000, "--batch", min=1, help="Pipeline batch size (posts)"),
+    batch: int = typer.Option(
+        DEFAULT_MAX_POSTS, "--batch", min=1, help="Pipeline batch size (the worker's default)"
+    ),
     wait_ms: float = typer.Option(50.0, "--wait-ms", min=1, help="Pipeline batch wait (ms)"),
 ) -> None:
     """The storm as Mastodon notifications over SSE, through the connector and the pipeline."""
