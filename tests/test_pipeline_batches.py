@@ -22,8 +22,8 @@ from config.database import session_factory
 from config.loader import load_brand, parse_brand
 from connectors.pacing import FakeClock
 from connectors.post import Deletion, Post
-from orders.campaigns import load_campaigns
 from orders.audit import audit
+from orders.campaigns import load_campaigns
 from orders.tables import ALLOCATED_STATES, posts, reservations
 
 ROOT = Path(__file__).resolve().parent.parent
