@@ -1,0 +1,131 @@
+"""What one binary COPY costs on PostgreSQL by the rows it carries: why larger batches pay.
+
+    .venv/bin/python bench/copy_size.py --db postgresql://... [--rows 100 400 1000 4000]
+        [--repeat 40]
+
+Rows shaped like the storm's post rows (`orders.tables.posts`'s columns, no index) go into a
+scratch table (`bench_copy_size`, dropped at the end) by the engine's own COPY
+(`orders.bulk_copy.copy_rows`), one COPY and one commit at a time, `--repeat` times per size.
+Prints one JSON object: each size's median milliseconds per COPY (sent, run and answered;
+the commit apart) and microseconds per row.
+
+On PostgreSQL 15 a COPY buffers up to 1,000 rows, each in a slot of its own that it makes,
+pins the table's row type for, and drops at the end; with one row type behind every pin, the
+pins pile into one chain of the transaction's resource owner, so a COPY's own overhead grows
+faster than its rows up to 1,000 of them and stays the same above. In a `perf` profile of
+1,000-row COPYs, `ResourceOwnerRememberTupleDesc` and the functions around it take about half
+of the server's samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, SmallInteger, String, Table
+
+from config.database import create_engine, session_factory
+from config.sqltypes import UtcDateTime
+from orders.bulk_copy import copy_rows
+
+NAMES = (
+    "platform",
+    "post_id",
+    "campaign_id",
+    "buyer",
+    "posted_at",
+    "decision",
+    "reason",
+    "quantity",
+    "attempts",
+    "seen_at",
+)
+
+
+def post_row(n: int, now: datetime) -> tuple[Any, ...]:
+    """A storm post's row: numbered post id and buyer, an order decided now."""
+    return (
+        "mastodon",
+        str(10**15 + n),
+        "xiaomi-mi2",
+        f"mastodon:{n}",
+        now,
+        "order",
+        None,
+        1,
+        1,
+        now,
+    )
+
+
+def scratch_table() -> Table:
+    """The post rows' columns, without their key: the COPY alone, no index to maintain."""
+    return Table(
+        "bench_copy_size",
+        MetaData(),
+        Column("platform", String(16), nullable=False),
+        Column("post_id", String(64), nullable=False),
+        Column("campaign_id", String(64), nullable=False),
+        Column("buyer", String(200), nullable=False),
+        Column("posted_at", UtcDateTime, nullable=False),
+        Column("decision", String(16), nullable=False),
+        Column("reason", String(64), nullable=True),
+        Column("quantity", Integer, nullable=True),
+        Column("attempts", SmallInteger, nullable=False),
+        Column("seen_at", UtcDateTime, nullable=False),
+    )
+
+
+def run(url: str, sizes: list[int], repeat: int) -> dict[str, Any]:
+    if not url.startswith("postgresql"):
+        raise SystemExit(
+            "bench/copy_size.py measures PostgreSQL's COPY: give --db postgresql://..."
+        )
+    table = scratch_table()
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    now = datetime.now(UTC)
+    results: dict[str, Any] = {}
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        serial = 0
+        for size in sizes:
+            spent: list[float] = []
+            for _ in range(repeat):
+                rows = [post_row(n, now) for n in range(serial, serial + size)]
+                serial += size
+                with sessions() as session:
+                    started = time.perf_counter()
+                    copy_rows(session, table, NAMES, rows)
+                    spent.append(time.perf_counter() - started)
+                    session.commit()
+            median = statistics.median(spent)
+            results[str(size)] = {
+                "ms_per_copy": round(median * 1000, 3),
+                "us_per_row": round(median / size * 1e6, 2),
+            }
+    finally:
+        table.drop(engine, checkfirst=True)
+        engine.dispose()
+    return {"database": "postgresql", "repeat": repeat, "copies": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", required=True, help="a PostgreSQL URL (a scratch database)")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[100, 250, 500, 750, 1000, 2000, 4000]
+    )
+    parser.add_argument("--repeat", type=int, default=40)
+    args = parser.parse_args()
+    sys.stdout.write(json.dumps(run(args.db, args.rows, args.repeat), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
