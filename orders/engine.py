@@ -329,15 +329,18 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
         ),
         key=lambda r: (r.posted_at, r.post_id, r.part),
     )
+    # Each buyer's rows apart, in post order: a batch full of cancels looks at each buyer's
+    # own reservations, not at every row fetched for the batch.
+    by_buyer: defaultdict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
+    for row in rows:
+        by_buyer[row.campaign_id, row.buyer].append(row)
     done: set[int] = set()
     for i, cmd in sorted(items, key=lambda item: (item[1].posted_at, item[1].post_id)):
         sku = cmd.decision.sku
         mine = [
             (row, i)
-            for row in rows
-            if row.buyer == cmd.buyer
-            and row.campaign_id == cmd.campaign_id
-            and row.posted_at <= cmd.posted_at
+            for row in by_buyer.get((cmd.campaign_id, cmd.buyer), ())
+            if row.posted_at <= cmd.posted_at
             and (sku is None or row.sku == sku)
             and row.id not in done
         ]
