@@ -12,7 +12,7 @@ SKUS = ("MI2-16GB-BLACK", "MI2-16GB-WHITE", "MI2-32GB-BLACK", "MI2-32GB-WHITE")
 
 
 def test_bench_storm_reports_one_json_object_with_the_figures() -> None:
-    args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--seed", "4"]
+    args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--seed", "4", "--batch", "1000"]
     result = CliRunner().invoke(app, [*args, "--baseline", "--baseline-posts", "200"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

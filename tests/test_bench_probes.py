@@ -186,7 +186,7 @@ def test_a_statement_timer_is_closed_whatever_happens_inside_and_opens_once(
 
 
 def test_bench_storm_reports_the_first_runs_statements() -> None:
-    args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--seed", "4"]
+    args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--seed", "4", "--batch", "1000"]
     result = CliRunner().invoke(app, [*args, "--statements", "3", "--runs", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -194,6 +194,7 @@ def test_bench_storm_reports_the_first_runs_statements() -> None:
     assert len(top) == 3
     assert [row["total_s"] for row in top] == sorted((row["total_s"] for row in top), reverse=True)
     inserts = [row for row in top if row["statement"].startswith("INSERT INTO order_reservations")]
+    assert report["batches"] == 3
     assert inserts and inserts[0]["calls"] == report["batches"]
     assert "server_cpu_s" not in report  # SQLite runs inside the writer
 
@@ -225,9 +226,10 @@ def test_bench_storm_on_postgresql_reports_the_servers_cpu(pg_url: str) -> None:
 def test_the_statements_on_postgresql_include_the_copies(pg_url: str) -> None:
     """The engine's inserts go by COPY there, which SQLAlchemy's cursor events do not see."""
     args = ["bench", "storm", "--posts", "2600", "--stock", "100", "--db", pg_url]
-    result = CliRunner().invoke(app, [*args, "--statements", "30"])
+    result = CliRunner().invoke(app, [*args, "--statements", "30", "--batch", "1000"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     calls = {row["statement"].split(" (")[0]: row["calls"] for row in report["statements"]["top"]}
+    assert report["batches"] == 3
     assert calls["COPY order_reservations"] == report["batches"]
     assert calls["COPY order_posts"] == report["batches"]

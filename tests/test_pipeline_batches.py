@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import cursors
-from bot.pipeline import DEFAULT_MAX_POSTS, Batcher, Envelope, Pipeline, Source, to_command
+from bot.pipeline import Batcher, BatchReport, Envelope, Pipeline, Source, to_command
 from bot.tables import outbox_messages
 from config.brand import Brand
 from config.database import session_factory
@@ -184,40 +184,53 @@ def test_a_unique_key_error_that_persists_stops_after_the_bounded_retries(
         assert cursors.load(session, SOURCE.cursor_key) is None
 
 
-def test_a_backlog_is_committed_in_full_batches_of_the_workers_default_size(
+def status_of(n: int) -> Post:
+    """Fan n asks where their order stands."""
+    return replace(order(n, "@demophones #DemoPhone status"), post_id=str(900_000 + n))
+
+
+def test_a_backlog_is_committed_in_batches_of_4000(
     sessions: sessionmaker[Session], brand: Brand
 ) -> None:
-    # A storm's opening: more signals wait than a batch holds. The first batch is full at
-    # once (redeliveries included); the rest, deletions among them, waits for its time.
+    # A storm's opening: 4,500 signals wait. The pipeline's defaults (the worker's) take 4,000
+    # at once, redeliveries included; the rest (deletions, status asks, late orders) waits for
+    # its time and is answered after the deletions' units went to the waitlist.
     clock = FakeClock(START)
-    pipeline = Pipeline(sessions, [brand], clock=clock)
-    fans = DEFAULT_MAX_POSTS - 200
-    for n in range(fans):
+    reports: list[BatchReport] = []
+    pipeline = Pipeline(sessions, [brand], clock=clock, on_commit=reports.append)
+    for n in range(3800):
         pipeline.submit(order(n), SOURCE, cursor=f"n{n}")
     for n in range(200):
         pipeline.submit(order(n), SOURCE, cursor=f"again{n}")
     for n in range(100):
         pipeline.submit(Deletion(platform="mastodon", post_id=str(1000 + n)), SOURCE)
-    for n in range(fans, fans + 100):
+    for n in range(300, 600):
+        pipeline.submit(status_of(n), SOURCE)
+    for n in range(3800, 3900):
         pipeline.submit(order(n), SOURCE, cursor="last")
 
     pipeline.pump(timeout=0)
-    assert pipeline.stats.batches == 1 and pipeline.stats.signals == DEFAULT_MAX_POSTS
-    assert pipeline.depth() == 200
+    assert [r.signals for r in reports] == [4000] and pipeline.depth() == 500
     clock.advance(0.05)
     pipeline.pump(timeout=0)
-    assert pipeline.stats.batches == 2 and pipeline.depth() == 0
+    assert [r.signals for r in reports] == [4000, 500] and pipeline.depth() == 0
 
     stock = next(p.stock for p in brand.campaigns[0].products if p.sku == "DEMO-64-BLACK")
+    assert stock == 150
     with sessions() as session:
-        assert session.scalar(select(func.count()).select_from(posts)) == fans + 100
+        assert session.scalar(select(func.count()).select_from(posts)) == 3900 + 300
         states = dict(session.execute(select(reservations.c.post_id, reservations.c.state)).all())
         assert all(states[str(1000 + n)] == "cancelled" for n in range(100))
         allocated = [p for p, state in states.items() if state in ALLOCATED_STATES]
         # The deleted posts' units went to the first of the waitlist, in post order.
-        assert sorted(allocated, key=int) == [str(1000 + n) for n in range(100, 100 + stock)]
+        assert sorted(allocated, key=int) == [str(1000 + n) for n in range(100, 250)]
         assert cursors.load(session, SOURCE.cursor_key) == "last"
         assert audit(session) == []
+    duplicates = [o for o in reports[0].outcomes if o.kind == "duplicate"]
+    assert len(duplicates) == 200
+    places = {o.buyer: o.queue_position for o in reports[1].outcomes if o.kind == "status"}
+    # Fan 250 is first in line once 100..249 were promoted; one unit each ahead.
+    assert places == {f"mastodon:{500 + n}": n - 249 for n in range(300, 600)}
 
 
 def test_edits_are_stamped_with_their_edit_time_and_deletes_cancel(

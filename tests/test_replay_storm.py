@@ -40,7 +40,17 @@ def recorded_storm(tmp_path: Path, small_xiaomi: Path) -> Path:
 
 
 def _replay(storm_file: Path, brand_file: Path, db_url: str, *extra: str) -> dict[str, object]:
-    args = ["replay", str(storm_file), "--brand", str(brand_file), "--db", db_url]
+    # Batches of 1,000: three of them, so redeliveries meet their first copy in the database too.
+    args = [
+        "replay",
+        str(storm_file),
+        "--brand",
+        str(brand_file),
+        "--db",
+        db_url,
+        "--batch",
+        "1000",
+    ]
     result = CliRunner().invoke(app, [*args, "--no-progress", *extra])
     assert result.exit_code == 0, result.output
     summary: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
