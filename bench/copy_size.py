@@ -1,7 +1,8 @@
 """What one binary COPY costs on PostgreSQL by the rows it carries: why larger batches pay.
 
-    .venv/bin/python bench/copy_size.py --db postgresql://... [--rows 100 400 1000 4000]
-        [--repeat 40]
+    .venv/bin/python bench/copy_size.py --db postgresql://... [--rows N ...] [--repeat 40]
+
+(`--rows`: the sizes to time, 100 250 500 750 1000 2000 4000 by default.)
 
 Rows shaped like the storm's post rows (`orders.tables.posts`'s columns, no index) go into a
 scratch table (`bench_copy_size`, dropped at the end) by the engine's own COPY
@@ -82,10 +83,13 @@ def scratch_table() -> Table:
 
 
 def run(url: str, sizes: list[int], repeat: int) -> dict[str, Any]:
-    if not url.startswith("postgresql"):
+    """Time `repeat` COPYs of each size in `sizes` into a scratch table at `url`."""
+    if not url.startswith(("postgresql", "postgres:")):
         raise SystemExit(
             "bench/copy_size.py measures PostgreSQL's COPY: give --db postgresql://..."
         )
+    if repeat < 1 or min(sizes) < 1:
+        raise SystemExit("--rows and --repeat take positive numbers")
     table = scratch_table()
     engine = create_engine(url)
     sessions = session_factory(engine)
@@ -101,6 +105,7 @@ def run(url: str, sizes: list[int], repeat: int) -> dict[str, Any]:
                 rows = [post_row(n, now) for n in range(serial, serial + size)]
                 serial += size
                 with sessions() as session:
+                    session.connection()  # the checkout and BEGIN are not the COPY's
                     started = time.perf_counter()
                     copy_rows(session, table, NAMES, rows)
                     spent.append(time.perf_counter() - started)
