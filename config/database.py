@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # When a commit leaves more than this many pages in the write-ahead log, that commit copies them
 # back into the database file and syncs it (a checkpoint), before it returns. SQLite's default is
-# 1,000 pages (4 MB). A batch of buyers who come in no order changes about a thousand scattered
+# 1,000 pages (4 MB). 1,000 buyers who come in no order change about a thousand scattered
 # pages of the buyers' index, so at the default nearly every batch paid for a checkpoint and its
 # fsync. At 16,000 (64 MB) the log absorbs several batches, a page changed by several of them is
 # copied once, and a `WalCheckpointer` thread, where one runs, does the copying off the writer's

@@ -61,7 +61,7 @@ DbOption = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL)
 def worker(
     brand: list[Path] | None = BrandOption,
     db: str | None = DbOption,
-    batch: int = typer.Option(DEFAULT_MAX_POSTS, help="Flush a batch at this many posts"),
+    batch: int = typer.Option(DEFAULT_MAX_POSTS, min=1, help="Flush a batch at this many posts"),
     wait_ms: float = typer.Option(50.0, help="... or this long after its first post"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
