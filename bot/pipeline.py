@@ -57,8 +57,9 @@ T = TypeVar("T")
 # A batch grows to this size only when signals wait (a storm's opening, a backfill after a
 # gap); a quiet stream's batches flush by time, at any size. A larger one pays its fixed costs
 # over more posts: about fifteen statements and a commit, and on PostgreSQL 15 each COPY's
-# bookkeeping for the up to 1,000 rows it buffers, whatever its size. 4,000 took the storm
-# 10% (SQLite) and 17% (PostgreSQL) faster than 1,000 (`docs/benchmarks.md`, the batch round).
+# bookkeeping for the up to 1,000 rows it buffers, whatever its size. With 4,000 the storm
+# took 10% (SQLite) and 17% (PostgreSQL) less time than with 1,000 (`docs/benchmarks.md`,
+# the batch round).
 DEFAULT_MAX_POSTS = 4000
 DEFAULT_MAX_WAIT_MS = 50
 DEFAULT_MAX_QUEUED = 50_000  # signals waiting for a batch: bounded memory
