@@ -28,24 +28,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, SmallInteger, String, Table
+from sqlalchemy import Column, MetaData, Table
 
 from config.database import create_engine, session_factory
-from config.sqltypes import UtcDateTime
 from orders.bulk_copy import copy_rows
+from orders.engine import POST_COLUMNS
+from orders.tables import posts
 
-NAMES = (
-    "platform",
-    "post_id",
-    "campaign_id",
-    "buyer",
-    "posted_at",
-    "decision",
-    "reason",
-    "quantity",
-    "attempts",
-    "seen_at",
-)
+NAMES = (*POST_COLUMNS, "attempts", "seen_at")  # the engine's COPY of post rows
 
 
 def post_row(n: int, now: datetime) -> tuple[Any, ...]:
@@ -69,16 +59,7 @@ def scratch_table() -> Table:
     return Table(
         "bench_copy_size",
         MetaData(),
-        Column("platform", String(16), nullable=False),
-        Column("post_id", String(64), nullable=False),
-        Column("campaign_id", String(64), nullable=False),
-        Column("buyer", String(200), nullable=False),
-        Column("posted_at", UtcDateTime, nullable=False),
-        Column("decision", String(16), nullable=False),
-        Column("reason", String(64), nullable=True),
-        Column("quantity", Integer, nullable=True),
-        Column("attempts", SmallInteger, nullable=False),
-        Column("seen_at", UtcDateTime, nullable=False),
+        *(Column(c.name, c.type, nullable=c.nullable) for c in posts.columns if c.name in NAMES),
     )
 
 
