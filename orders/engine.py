@@ -34,6 +34,7 @@ from orders.book import Book
 from orders.bulk import insert_new, matching, update_rows
 from orders.commands import Command
 from orders.lifecycle import (
+    Cancellation,
     cancel,
     capture_held,
     due_reminders,
@@ -335,6 +336,7 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
     for row in rows:
         by_buyer[row.campaign_id, row.buyer].append(row)
     done: set[int] = set()
+    chosen: list[Cancellation] = []
     for i, cmd in sorted(items, key=lambda item: (item[1].posted_at, item[1].post_id)):
         sku = cmd.decision.sku
         mine = [
@@ -348,7 +350,8 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
             book.emit(outcome_for(cmd, "rejected", reason="nothing_to_cancel", sku=sku), i)
             continue
         done.update(row.id for row, _ in mine)
-        cancel(book, mine, cause="cancelled_by_buyer", at=cmd.posted_at, answer=cmd)
+        chosen.extend((row, i, cmd.posted_at, cmd) for row, _ in mine)
+    cancel(book, chosen, cause="cancelled_by_buyer")
 
 
 def _apply_deletes(book: Book, items: list[Indexed]) -> None:
@@ -405,12 +408,15 @@ def _apply_deletes(book: Book, items: list[Indexed]) -> None:
         for row in sorted(parts, key=lambda r: r.part):
             live[(platform, row.post_id)].append(row)
     book.extend({row.campaign_id for rows in live.values() for row in rows})
+    chosen: list[Cancellation] = []
     for key, (i, cmd) in sorted(targets.items(), key=lambda kv: kv[1][0]):
         rows = live.get(key)
         if not rows:
             book.emit(outcome_for(cmd, "ignored", reason="deleted"), i)
             continue
-        cancel(book, [(row, i) for row in rows], cause="deleted", at=cmd.posted_at)
+        chosen.extend((row, i, cmd.posted_at, None) for row in rows)
+    # One update for every deleted post's reservations, not one per post.
+    cancel(book, chosen, cause="deleted")
 
 
 def _answer(book: Book, items: list[Indexed]) -> None:

@@ -90,19 +90,18 @@ def row_outcome(
     )
 
 
-def cancel(
-    book: Book,
-    items: Sequence[tuple[Row[Any], int | None]],
-    *,
-    cause: str,
-    at: datetime,
-    answer: Command | None = None,
-) -> None:
-    """Cancel live reservations (rows from `joined`); `at` judges the refund deadline. The
-    outcomes answer `answer` (a cancel post) when given, else the reservation's own post."""
+# A reservation to cancel, its command's place in the batch, the time that judges its refund
+# deadline, and the cancel post its outcome answers (None: the reservation's own post).
+Cancellation = tuple[Row[Any], int | None, datetime, Command | None]
+
+
+def cancel(book: Book, items: Sequence[Cancellation], *, cause: str) -> None:
+    """Cancel live reservations (rows from `joined`), each judged at its own time for the refund
+    deadline; each outcome answers its cancel post, or the reservation's own post when None.
+    A batch's cancels (or deletions) go together: one void and one update for all of them."""
     updates: list[tuple[Any, ...]] = []
     voids: list[int] = []
-    for row, order in items:
+    for row, order, at, answer in items:
         rules = book.rules[row.campaign_id]
         if row.state == "confirmed" and not rules.may_refund(at):
             book.emit(

@@ -366,3 +366,31 @@ def test_a_batch_of_thousands_costs_a_handful_of_statements(
         assert copies == ["COPY order_posts", "COPY order_reservations"], statements
     assert shop.audit() == []
     shop.close()
+
+
+def test_a_batch_of_deletions_and_cancels_costs_a_handful_of_statements(db_url: str) -> None:
+    shop = Shop(db_url, make_brand(stock={"PHONE-BLACK": 500, "PHONE-WHITE": 500}))
+    orders = [shop.post(f"fan{i}") for i in range(600)]
+    shop.apply(*orders)
+    shop.advance(minutes=1)
+    deletions = [shop.delete(cmd) for cmd in orders[:300]]
+    cancels = [shop.post(f"fan{i}", "cancel", sku=None) for i in range(300, 400)]
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(shop.engine, "before_cursor_execute", count)
+    outs = shop.apply(*deletions, *cancels)
+    event.remove(shop.engine, "before_cursor_execute", count)
+    assert [o.kind for o in outs].count("cancelled") == 400
+    # The whole waitlist (fans 500..599) took 100 of the 400 freed units.
+    assert [o.kind for o in outs].count("promoted") == 100
+    assert shop.stock()["allocated"] == 500 - 400 + 100
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE ORDER_RESERVATIONS")]
+    # One update for the deleted posts' reservations, one for the cancelled, one for the
+    # promoted: not one per post.
+    assert len(updates) == 3, updates
+    assert len(statements) <= 30, statements
+    assert shop.audit() == []
+    shop.close()
