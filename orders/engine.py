@@ -340,7 +340,7 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
     for i, cmd in sorted(items, key=lambda item: (item[1].posted_at, item[1].post_id)):
         sku = cmd.decision.sku
         mine = [
-            (row, i)
+            row
             for row in by_buyer.get((cmd.campaign_id, cmd.buyer), ())
             if row.posted_at <= cmd.posted_at
             and (sku is None or row.sku == sku)
@@ -349,8 +349,8 @@ def _apply_cancels(book: Book, items: list[Indexed]) -> None:
         if not mine:
             book.emit(outcome_for(cmd, "rejected", reason="nothing_to_cancel", sku=sku), i)
             continue
-        done.update(row.id for row, _ in mine)
-        chosen.extend((row, i, cmd.posted_at, cmd) for row, _ in mine)
+        done.update(row.id for row in mine)
+        chosen.extend((row, i, cmd.posted_at, cmd) for row in mine)
     cancel(book, chosen, cause="cancelled_by_buyer")
 
 
