@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from bot import bench_baseline
-from bot.feed import DEFAULT_BATCH, ReplayResult, read_posts, replay
+from bot.feed import ReplayResult, read_posts, replay
 from bot.parser_process import warm_up as parser_warm_up
-from bot.pipeline import CampaignDirectory, Envelope, Source, to_command
+from bot.pipeline import DEFAULT_MAX_POSTS, CampaignDirectory, Envelope, Source, to_command
 from bot.probes import StatementTimer
 from bot.schema import all_metadata
 from bot.storm import StormSpec, scaled_brand, storm, write_jsonl
@@ -214,7 +214,7 @@ def run_storm(
     seed: int = 0,
     brand: Brand,
     db: str | None = None,
-    batch: int = DEFAULT_BATCH,
+    batch: int = DEFAULT_MAX_POSTS,
     runs: int = 1,
     baseline: bool = False,
     baseline_posts: int = DEFAULT_BASELINE_POSTS,

@@ -56,8 +56,6 @@ from orders.commands import Command
 Format = Literal["text", "mastodon", "twitter"]
 FORMATS: tuple[Format, ...] = ("text", "mastodon", "twitter")
 
-DEFAULT_BATCH = DEFAULT_MAX_POSTS  # a replay is a backlog: the worker's batches when behind
-
 
 class PostTimeClock:
     """A clock that reads whatever time the feeder last set: the latest post of the batch."""
@@ -209,7 +207,7 @@ def feed(
     *,
     source: Source,
     clock: PostTimeClock,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int = DEFAULT_MAX_POSTS,
     on_batch: Callable[[BatchReport], None] | None = None,
 ) -> FeedTotals:
     """Commit `posts` through `pipeline` in batches of `batch_size`, each at its latest post time,
@@ -274,7 +272,7 @@ class ParseJob:
     fmt: Format
     brand: Brand
     source: Source
-    batch_size: int = DEFAULT_BATCH
+    batch_size: int = DEFAULT_MAX_POSTS
     shift: timedelta | None = None
     platform: str = "text"
 
@@ -423,7 +421,7 @@ def replay(
     url: str,
     fmt: Format = "text",
     shift_to_open: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int = DEFAULT_MAX_POSTS,
     on_batch: Callable[[ReadTotals, BatchReport], None] | None = None,
     platform: str = "text",
     parser_process: bool = True,

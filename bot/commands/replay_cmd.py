@@ -19,7 +19,6 @@ from rich.progress import (
 )
 
 from bot.feed import (
-    DEFAULT_BATCH,
     FORMATS,
     Format,
     ReadTotals,
@@ -28,7 +27,7 @@ from bot.feed import (
     resolve_brand,
     shifted,
 )
-from bot.pipeline import BatchReport, CampaignDirectory
+from bot.pipeline import DEFAULT_MAX_POSTS, BatchReport, CampaignDirectory
 from config.settings import get_settings
 
 
@@ -79,7 +78,9 @@ def replay_command(
         False, "--shift-to-open", help="Move all post times so the first lands at the opening"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Parse only; touch no database"),
-    batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="Posts per transaction"),
+    batch: int = typer.Option(
+        DEFAULT_MAX_POSTS, "--batch", min=1, help="Posts per transaction (the worker's default)"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
     parser_process: bool = typer.Option(
         True,
