@@ -4,10 +4,11 @@
 
 `--posts` fans each reserve a phone of the demo brand (its stock raised so that every order
 is allocated), one batch through the pipeline; then every one of those posts is deleted, the
-next batch. Both batches go through `bot.pipeline.Pipeline` with its defaults, as a worker
-catching up after a gap would commit them. Prints one JSON object: each batch's signals,
-milliseconds and outcomes by kind. The deletions' batch is the one to read: it cancels every
-reservation, releases the units and writes the transitions under the campaign's lock.
+next batch. Both go through `bot.pipeline.Pipeline` in batches of `--posts` (the worker's
+4,000 by default), as a worker catching up after a gap would commit them. Prints one JSON
+object: each batch's signals, milliseconds and outcomes by kind. The deletions' batch is the
+one to read: it cancels every reservation, releases the units and writes the transitions
+under the campaign's lock.
 """
 
 from __future__ import annotations
