@@ -2,7 +2,8 @@
 
 `load_campaigns` is idempotent: running it again with the same files changes nothing, and a
 changed file updates names, prices, windows and limits. Stock may be raised or lowered, but never
-below what is already allocated (that would be overselling after the fact).
+below what is already allocated (that would be overselling after the fact), and a campaign id
+stays with the brand that first used it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ from config.brand import Brand
 from orders.tables import campaigns, products
 
 
-class StockBelowAllocatedError(ValueError):
+class CampaignLoadError(ValueError):
+    """A brand file's campaigns cannot go into this database as they are; nothing was changed."""
+
+
+class StockBelowAllocatedError(CampaignLoadError):
     """A brand file lowers a SKU's stock below the units already allocated."""
+
+
+class CampaignOwnedError(CampaignLoadError):
+    """A brand file names a campaign id that another brand's campaign already has.
+
+    Campaign ids are the key of everything sold (reservations, prices, stock), so a second
+    brand reusing one would take over the first brand's campaign and its buyers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,13 @@ def load_campaigns(
                 "updated_at": at,
             }
             exists = session.execute(
-                select(campaigns.c.id).where(campaigns.c.id == campaign.id)
+                select(campaigns.c.brand_id).where(campaigns.c.id == campaign.id)
             ).first()
+            if exists and exists.brand_id != brand.brand.id:
+                raise CampaignOwnedError(
+                    f"campaign {campaign.id!r} belongs to brand {exists.brand_id!r}; brand "
+                    f"{brand.brand.id!r} must give its campaign another id"
+                )
             if exists:
                 session.execute(
                     campaigns.update().where(campaigns.c.id == campaign.id).values(**values)

@@ -13,7 +13,7 @@ from test_engine_support import OPENS, Shop, kinds, make_brand
 
 from bot.schema import all_metadata
 from config.database import create_engine
-from orders.campaigns import StockBelowAllocatedError, load_campaigns
+from orders.campaigns import CampaignOwnedError, StockBelowAllocatedError, load_campaigns
 from orders.tables import campaigns, products
 
 PRICE = 100_00
@@ -47,6 +47,20 @@ def test_loading_campaigns_again_changes_nothing_and_never_unsells(shop: Shop) -
     with pytest.raises(StockBelowAllocatedError), shop.sessions.begin() as s:
         load_campaigns(s, [make_brand(stock={"PHONE-BLACK": 2, "PHONE-WHITE": 2})], now=shop.now)
     assert shop.stock()["stock"] == 5
+
+
+def test_another_brand_cannot_take_over_a_campaign_by_its_id(shop: Shop) -> None:
+    """Campaign ids key the stock and the reservations: a second brand file reusing one is
+    refused, and the first brand's campaign stays as it was."""
+    shop.apply(shop.post("alice", quantity=2))
+    other = make_brand(stock={"PHONE-BLACK": 50, "PHONE-WHITE": 50})
+    other = other.model_copy(update={"brand": other.brand.model_copy(update={"id": "rival"})})
+    refused = pytest.raises(CampaignOwnedError, match="'drop' belongs to brand 'acme'")
+    with refused, shop.sessions.begin() as s:
+        load_campaigns(s, [other], now=shop.now)
+    with shop.sessions() as s:
+        assert s.execute(select(campaigns.c.brand_id)).scalars().all() == ["acme"]
+    assert shop.stock()["stock"] == 3
 
 
 def test_a_promoted_buyer_with_credit_is_confirmed_at_once(shop: Shop) -> None:
