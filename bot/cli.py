@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+
 import typer
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from bot.collector import tune_collector
 from bot.commands import (
@@ -17,6 +22,8 @@ from bot.commands import (
     wallet_cmd,
     web_cmd,
 )
+from config.loader import BrandFileError
+from orders.campaigns import CampaignLoadError
 
 app = typer.Typer(
     name="flashtag",
@@ -40,4 +47,47 @@ bench_cmd.register(app)
 
 def main() -> None:
     tune_collector()
-    app()
+    try:
+        app()
+    except Exception as exc:
+        reason = explain(exc)
+        if reason is None or os.environ.get("FLASHTAG_TRACEBACK"):
+            raise
+        for line in reason.splitlines():
+            typer.echo(f"error {line}", err=True)
+        sys.exit(1)
+
+
+def explain(exc: BaseException) -> str | None:
+    """What a user can act on in an error that any command may meet (a brand file that does not
+    load, a database that cannot be reached or has no schema), in a line or a few; None for
+    anything else, which is a bug and keeps its traceback.
+
+    `FLASHTAG_TRACEBACK=1` shows the traceback anyway."""
+    if isinstance(exc, BrandFileError):
+        return str(exc)
+    if isinstance(exc, CampaignLoadError):
+        return f"brand file: {exc}"
+    if isinstance(exc, ArgumentError | NoSuchModuleError):
+        return f"database URL: {exc} (set --db or DATABASE_URL, see README)"
+    if isinstance(exc, ModuleNotFoundError) and exc.name in _DRIVERS:
+        return (
+            f"database URL: no driver {exc.name!r} for it; flashtag runs on "
+            "sqlite:///FILE and postgresql://USER@HOST/DB"
+        )
+    if isinstance(exc, DBAPIError):
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if _NO_TABLE.search(first):
+            return (
+                f"database: {first}: this database has no flashtag tables yet; "
+                "run `flashtag db upgrade` (with the same --db or DATABASE_URL) first"
+            )
+        if isinstance(exc, OperationalError):
+            return f"database: {first}"
+    return None
+
+
+# Database drivers a URL may ask for that flashtag does not install.
+_DRIVERS = frozenset({"MySQLdb", "pymysql", "psycopg2", "asyncpg", "pyodbc", "cx_Oracle"})
+# SQLite's and PostgreSQL's words for a table that is not there.
+_NO_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist")
