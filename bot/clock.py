@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.tables import clock_leases
-from config.brand import Brand
+from config.brand import Brand, crontab_weekdays
 from config.settings import Settings
 from connectors.pacing import Clock, SystemClock
 
@@ -209,31 +209,6 @@ def _trigger(spec: JobSpec) -> BaseTrigger:
         )
     assert spec.cron is not None
     return CronTrigger.from_crontab(crontab_weekdays(spec.cron), timezone=ZoneInfo(spec.timezone))
-
-
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def crontab_weekdays(expr: str) -> str:
-    """A crontab line with numeric weekdays spelled out.
-
-    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (7 is Sunday too);
-    names mean the same in both, so `0 9 * * 1-5` stays "weekdays at nine".
-    """
-    fields = expr.split()
-    if len(fields) != 5:
-        return expr
-
-    def name(token: str) -> str:
-        return _WEEKDAYS[int(token)] if token.isdigit() and int(token) < 8 else token
-
-    parts = []
-    for part in fields[4].split(","):
-        body, slash, step = part.partition("/")
-        body = "-".join(name(t) for t in body.split("-"))
-        parts.append(body + slash + step)
-    fields[4] = ",".join(parts)
-    return " ".join(fields)
 
 
 ANNOUNCEMENT_GRACE_SECONDS = 3600

@@ -3,22 +3,28 @@
 A brand file is TOML. Every table rejects unknown keys, so a typo is an error, not a silent
 default. Money is in integer minor units of the campaign currency (CNY 1999.00 is 199900).
 Secrets never appear here: accounts name the environment variables that hold their tokens.
+
+Numbers are checked as strictly as the processes that use them: counts and money are TOML
+integers (not `499.00`, `"100"` or `true`) within the database columns that store them, minutes
+are finite, and time zones and cron lines are the ones the clock can build, so a file that passes
+`flashtag check-config` cannot crash the worker or the clock later.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -32,6 +38,24 @@ _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _HASHTAG = re.compile(r"^\w+$")
 # ISO 4217 currencies whose minor unit is not 1/100.
 _MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}
+
+# Limits of the columns that store these numbers (orders/tables.py, wallet/stripe_tables.py):
+# stock and per-buyer limits are `Integer`, amounts of money `BigInteger` minor units.
+MAX_UNITS = 2**31 - 1
+MAX_AMOUNT = 2**63 - 1
+# Longest hold, reminder or progress interval: a week. Far beyond any flash sale, and far
+# below what `timedelta` and the scheduler can add to a date without overflowing.
+MAX_MINUTES = 7 * 24 * 60
+
+# TOML integers only: pydantic's lax mode would take 499.0, "100" or true for an int.
+Units = Annotated[int, Field(strict=True, ge=0, le=MAX_UNITS)]
+PositiveUnits = Annotated[int, Field(strict=True, gt=0, le=MAX_UNITS)]
+Amount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
+PositiveAmount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+# Minutes may be fractional (`0.5`) but never a boolean, a string, inf or nan.
+Minutes = Annotated[float, Field(strict=True, ge=0, le=MAX_MINUTES, allow_inf_nan=False)]
+PositiveMinutes = Annotated[float, Field(strict=True, gt=0, le=MAX_MINUTES, allow_inf_nan=False)]
+WholeMinutes = Annotated[int, Field(strict=True, gt=0, le=MAX_MINUTES)]
 
 
 def _aware(value: datetime) -> datetime:
@@ -62,6 +86,54 @@ def env_var_name(value: str) -> str:
 EnvVarName = Annotated[str, AfterValidator(env_var_name)]
 
 
+def time_zone_name(value: str) -> str:
+    """An IANA zone name that `zoneinfo` can load here, as the clock and status pages will."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown time zone {value!r}: use an IANA name such as 'Asia/Shanghai' or 'UTC'"
+        ) from None
+    return value
+
+
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def crontab_weekdays(expr: str) -> str:
+    """A five-field crontab line with numeric weekdays spelled out, for APScheduler 3.
+
+    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (7 is Sunday too);
+    names mean the same in both, so `0 9 * * 1-5` stays "weekdays at nine". The clock builds
+    its triggers with this too, so the check here accepts exactly the lines the clock accepts.
+    """
+    fields = expr.split()
+    if len(fields) != 5:
+        return expr
+
+    def name(token: str) -> str:
+        return _CRON_WEEKDAYS[int(token)] if token.isdigit() and int(token) < 8 else token
+
+    parts = []
+    for part in fields[4].split(","):
+        body, slash, step = part.partition("/")
+        body = "-".join(name(t) for t in body.split("-"))
+        parts.append(body + slash + step)
+    fields[4] = ",".join(parts)
+    return " ".join(fields)
+
+
+def crontab_line(value: str) -> str:
+    """A crontab line the clock can turn into a trigger (`CronTrigger.from_crontab`)."""
+    if len(value.split()) != 5:
+        raise ValueError("must have five fields: minute hour day month weekday")
+    try:
+        CronTrigger.from_crontab(crontab_weekdays(value), timezone=UTC)
+    except ValueError as exc:
+        raise ValueError(f"not a valid crontab line: {exc}") from None
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -72,8 +144,8 @@ class MastodonAccount(Strict):
     base_url: str = Field(description="The server, e.g. https://mastodon.social")
     username: str = Field(min_length=1, description="The bot's acct on that server, e.g. xiaomi")
     token_env: EnvVarName = Field(description="Env var holding the access token")
-    stream: bool = True
-    hashtag_stream: bool = False
+    stream: StrictBool = True
+    hashtag_stream: StrictBool = False
 
     @field_validator("base_url")
     @classmethod
@@ -95,7 +167,7 @@ class XAccount(Strict):
     consumer_secret_env: EnvVarName | None = None
     access_token_env: EnvVarName | None = None
     access_token_secret_env: EnvVarName | None = None
-    filtered_stream: bool = False
+    filtered_stream: StrictBool = False
 
 
 class Accounts(Strict):
@@ -108,8 +180,8 @@ class Product(Strict):
 
     sku: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str = Field(min_length=1)
-    price: int = Field(ge=0, description="Price per unit in minor units of the campaign currency")
-    stock: int = Field(ge=0, description="Units offered")
+    price: Amount = Field(description="Price per unit in minor units of the campaign currency")
+    stock: Units = Field(description="Units offered")
     variant: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(
         default_factory=dict,
         description="Named groups of synonyms; a post picks this SKU when every group matches",
@@ -141,23 +213,18 @@ class Announcements(Strict):
     open: dict[Language, str] = Field(default_factory=dict)
     close: dict[Language, str] = Field(default_factory=dict)
     progress: dict[Language, str] = Field(default_factory=dict)
-    progress_every_minutes: PositiveInt = 10
+    progress_every_minutes: WholeMinutes = 10
 
 
 class CronJob(Strict):
     """A brand-defined scheduled job: a built-in action on a cron schedule."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    cron: str = Field(description="Five-field crontab expression, in the campaign time zone")
+    cron: Annotated[str, AfterValidator(crontab_line)] = Field(
+        description="Five-field crontab expression, in the campaign time zone"
+    )
     action: Literal["progress_post", "expire_holds", "reconcile_payments", "announce"]
     message: dict[Language, str] = Field(default_factory=dict)
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError("must have five fields: minute hour day month weekday")
-        return value
 
 
 class Campaign(Strict):
@@ -165,23 +232,23 @@ class Campaign(Strict):
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     name: str = Field(min_length=1)
-    hashtag: str = Field(min_length=1, description="Without '#'; matched after normalisation")
+    hashtag: str = Field(
+        min_length=1, description="One leading '#' is dropped; matched after normalisation"
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     opens_at: AwareDatetime
     closes_at: AwareDatetime
-    timezone: str = "UTC"
-    require_mention: bool = True
-    per_buyer_limit: PositiveInt = 1
-    hold_minutes: PositiveFloat = Field(30, description="How long an unpaid reservation is held")
-    reminder_minutes: float = Field(
-        5, ge=0, description="Remind buyers this long before a hold lapses"
-    )
-    confirmation_step: bool = False
+    timezone: Annotated[str, AfterValidator(time_zone_name)] = "UTC"
+    require_mention: StrictBool = True
+    per_buyer_limit: PositiveUnits = 1
+    hold_minutes: PositiveMinutes = Field(30, description="How long an unpaid reservation is held")
+    reminder_minutes: Minutes = Field(5, description="Remind buyers this long before a hold lapses")
+    confirmation_step: StrictBool = False
     cancel_until: AwareDatetime | None = Field(
         None, description="Confirmed orders may be cancelled for a refund until then"
     )
-    topup_min: PositiveInt = Field(100, description="Smallest top-up, minor units")
-    topup_max: PositiveInt = Field(1_000_000, description="Largest top-up, minor units")
+    topup_min: PositiveAmount = Field(100, description="Smallest top-up, minor units")
+    topup_max: PositiveAmount = Field(1_000_000, description="Largest top-up, minor units")
     language: Language = "en"
     products: list[Product] = Field(min_length=1)
     words: dict[Language, Words] = Field(default_factory=dict)
@@ -191,9 +258,12 @@ class Campaign(Strict):
     @field_validator("hashtag")
     @classmethod
     def _hashtag(cls, value: str) -> str:
+        # Users copy the tag as they post it: "#MI2" and "MI2" name the same campaign.
         value = value.removeprefix("#")
         if not _HASHTAG.match(value):
-            raise ValueError("must be letters, digits or underscores, without '#'")
+            raise ValueError(
+                "must be letters, digits or underscores, after at most one leading '#'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -219,11 +289,22 @@ class Campaign(Strict):
                     f"the same variant words as {variants[words]!r}: no post could pick one",
                 )
             variants[words] = product.sku
+        self._amounts_fit()
         ids = [job.id for job in self.jobs]
         for index, job_id in enumerate(ids):
             if job_id in ids[:index]:
                 raise DuplicateError(("jobs", index, "id"), f"duplicate job id {job_id!r}")
         return self
+
+    def _amounts_fit(self) -> None:
+        """A buyer's whole allowance at one price must fit the `BigInteger` amount columns."""
+        for index, product in enumerate(self.products):
+            if product.price * self.per_buyer_limit > MAX_AMOUNT:
+                raise FieldRuleError(
+                    ("products", index, "price"),
+                    f"price {product.price} times per_buyer_limit {self.per_buyer_limit} is "
+                    f"above the largest amount the database can store ({MAX_AMOUNT})",
+                )
 
     @property
     def tag(self) -> str:
@@ -278,9 +359,13 @@ class Brand(Strict):
         raise KeyError(campaign_id)
 
 
-class DuplicateError(ValueError):
-    """A duplicate id, carrying the relative path of the offending field for the error report."""
+class FieldRuleError(ValueError):
+    """A rule across fields, carrying the relative path of the offending field for the report."""
 
     def __init__(self, path: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class DuplicateError(FieldRuleError):
+    """A duplicate id or SKU, or products a post cannot tell apart."""
