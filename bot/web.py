@@ -5,13 +5,19 @@
   `topup_min..topup_max`). Stripe down or slow: a 503 page asking to try again; the retry
   reuses the idempotency key, so Stripe never makes a second session for the same link and
   amount.
-- `POST /stripe/webhook` verifies `Stripe-Signature` on the raw body (400 and no change when it
-  is missing, forged or older than 300 s), records the event id once, and applies paid Checkout
-  Sessions (credit, settle, queue replies: one transaction) and `charge.refunded` (debit).
+- `POST /stripe/webhook` reads at most `MAX_WEBHOOK_BODY` bytes (413 beyond), verifies
+  `Stripe-Signature` on the raw body (400 and no change when it is missing, forged or older than
+  300 s), refuses a signed event that is not JSON or whose fields do not have the shape Stripe
+  and `open_checkout` give them (400 naming the field, no change), records the event id once,
+  and applies paid Checkout Sessions (credit, settle, queue replies: one transaction) and
+  `charge.refunded` (debit).
 - `GET /me/{token}` (a `me` token): the buyer's reservations, queue positions, hold deadlines
   and balance. A token works on its own route only, and both go to the buyer by direct message.
 - `GET /c/{campaign}`: stock left per SKU and reservations per state.
 - `GET /healthz`: 200 when the database answers.
+
+Every `GET` page also answers `HEAD` (uptime probes use it), except `/topup/`, which opens a
+Checkout Session at Stripe and so is not a safe method to repeat for a probe.
 
 Every page is plain HTML that works on a phone, and every value on it is escaped.
 """
@@ -49,10 +55,13 @@ from bot.replies import money
 from config.brand import Brand, Campaign
 from config.settings import Settings
 from orders import queue
+from orders.campaigns import CampaignOwnedError
 from orders.tables import products, reservations
 from wallet import ledger
+from wallet.errors import InvalidTransfer
 from wallet.stripe_payments import (
     BadSignatureError,
+    MalformedPayloadError,
     PaidSession,
     PaymentError,
     StripeRejectedError,
@@ -60,6 +69,7 @@ from wallet.stripe_payments import (
     TopupRequest,
     apply_charge_refunded,
     charge_payment_intent,
+    is_buyer_key,
     knows_payment,
     make_client,
     mark_session_expired,
@@ -77,7 +87,21 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 PAID_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+EXPIRED_EVENTS = ("checkout.session.expired", "checkout.session.async_payment_failed")
+REFUND_EVENTS = ("refund.failed", "refund.updated")
 _WEBHOOK_ATTEMPTS = 3
+# Stripe's events are a few KiB; anything far larger is not from Stripe and is not read.
+MAX_WEBHOOK_BODY = 256 * 1024
+# Amounts are stored as BigInteger minor units.
+_MAX_AMOUNT = 2**63 - 1
+# Stripe's ids are far shorter; this keeps every key built from one within the 255-character
+# columns that store them (e.g. "charge:<id>:<amount>").
+_MAX_ID = 200
+
+
+class DuplicateCampaignError(CampaignOwnedError):
+    """Two brands define the same campaign id; the web process refuses to start rather than
+    silently serve one of them."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +222,7 @@ def parse_major(text: str, campaign: Campaign) -> int | None:
     """A decimal amount typed by a buyer ("50", "49.90") in minor units, exactly; None if it is
     not a plain non-negative number with at most the currency's decimals."""
     text = text.strip().replace(",", ".")
-    if not text or len(text) > 15 or not all(c.isdigit() or c == "." for c in text):
+    if not text or len(text) > 15 or not all(c in "0123456789." for c in text):
         return None
     try:
         value = Decimal(text) * (10**campaign.minor_digits)
@@ -236,7 +260,9 @@ def topup(site: Site, token: str, amount_text: str | None, major: str | None = N
     if not amount_text and not major:
         return _page("Top up", _topup_form(token, campaign, suggested), lang=campaign.language)
     if amount_text:
-        parsed = int(amount_text) if amount_text.isdigit() and len(amount_text) <= 12 else None
+        # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
+        plain = amount_text.isascii() and amount_text.isdecimal() and len(amount_text) <= 12
+        parsed = int(amount_text) if plain else None
     else:
         parsed = parse_major(major or "", campaign)
     if parsed is None:
@@ -320,7 +346,7 @@ def _handle_event(
         if paid is None:
             return "unpaid" if obj.get("payment_status") != "paid" else "not_a_topup"
         return _apply(site, session, paid, now)
-    if kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
+    if kind in EXPIRED_EVENTS:
         mark_session_expired(session, obj)
         return "expired"
     if kind == "charge.refunded":
@@ -328,9 +354,103 @@ def _handle_event(
         if paid_first is not None:  # the refund overtook its top-up: apply the top-up first
             prefix = _apply(site, session, paid_first, now) + ","
         return f"{prefix}debited:{apply_charge_refunded(session, obj, at=now)}"
-    if kind in ("refund.failed", "refund.updated"):
+    if kind in REFUND_EVENTS:
         return f"restored:{refund_failed(session, obj, at=now)}"
     return "ignored"
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID
+
+
+def _is_amount(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_AMOUNT
+
+
+def _intent_problem(obj: Mapping[str, Any]) -> str | None:
+    intent = obj.get("payment_intent")
+    if isinstance(intent, Mapping):  # expanded
+        intent = intent.get("id")
+    if intent is not None and not _is_id(intent):
+        return "data.object.payment_intent"
+    return None
+
+
+def _checkout_problem(obj: Mapping[str, Any]) -> str | None:
+    """What is wrong with a `checkout.session` in a paid event. A paid session flashtag made
+    must carry a buyer the ledger knows, its amount and a currency code. Another
+    integration's session only needs a readable shape."""
+    if not _is_id(obj.get("id")):
+        return "data.object.id"
+    for name in ("object", "mode", "payment_status", "client_reference_id", "currency"):
+        if not isinstance(obj.get(name), str | None):
+            return f"data.object.{name}"
+    metadata = obj.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        return "data.object.metadata"
+    for key in ("buyer", "campaign", "topup_key"):
+        if not isinstance(metadata.get(key), str | None):
+            return f"data.object.metadata.{key}"
+    amount = obj.get("amount_total")
+    if amount is not None and not _is_amount(amount):
+        return "data.object.amount_total"
+    if problem := _intent_problem(obj):
+        return problem
+    paid = (obj.get("object"), obj.get("mode"), obj.get("payment_status"))
+    buyer = obj.get("client_reference_id") or metadata.get("buyer")
+    if paid != ("checkout.session", "payment", "paid") or not is_buyer_key(buyer):
+        return None  # unpaid, or another integration's payment: acknowledged, left alone
+    try:
+        ledger.wallet_of(buyer)
+    except InvalidTransfer:
+        return "data.object." + (
+            "client_reference_id" if obj.get("client_reference_id") else "metadata.buyer"
+        )
+    if amount is None:
+        return "data.object.amount_total"
+    # The money arrived: it is credited in the currency it was paid in, even for a campaign
+    # since removed from the brand files, as reconciliation would credit it.
+    currency = obj.get("currency") or ""
+    if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
+        return "data.object.currency"
+    return None
+
+
+def _event_problem(event: Mapping[str, Any]) -> str | None:
+    """The first field that makes a signed event unusable (wrong type, missing, negative, out
+    of range, an unknown currency or campaign), or None. Checked before any transaction, so a
+    malformed event changes nothing; events of types not handled here only need an id."""
+    if not _is_id(event.get("id")):
+        return "id"
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind:
+        return "type"
+    data = event.get("data")
+    if data is not None and not isinstance(data, Mapping):
+        return "data"
+    obj = (data or {}).get("object")
+    if obj is not None and not isinstance(obj, Mapping):
+        return "data.object"
+    if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) and len(obj["id"]) > 255:
+        return "data.object.id"  # longer than the column that records it
+    handled = kind in PAID_EVENTS or kind in EXPIRED_EVENTS or kind in REFUND_EVENTS
+    if not handled and kind != "charge.refunded":
+        return None
+    if not isinstance(obj, Mapping):
+        return "data.object"
+    if kind in PAID_EVENTS:
+        return _checkout_problem(obj)
+    if not _is_id(obj.get("id")):
+        return "data.object.id"
+    if kind in REFUND_EVENTS and not isinstance(obj.get("status"), str | None):
+        return "data.object.status"
+    if kind == "charge.refunded":
+        if not _is_amount(obj.get("amount_refunded")):
+            return "data.object.amount_refunded"
+        return _intent_problem(obj)
+    return None
 
 
 def _overtaken_topup(site: Site, event: Mapping[str, Any]) -> PaidSession | None:
@@ -358,6 +478,13 @@ def webhook(site: Site, payload: bytes, signature: str | None) -> Response:
     except BadSignatureError as exc:
         log.warning("rejected a Stripe webhook: %s", exc)
         return JSONResponse({"error": "invalid signature"}, status_code=400)
+    except MalformedPayloadError as exc:
+        log.error("rejected a signed Stripe webhook: %s", exc)
+        return JSONResponse({"error": "malformed JSON", "detail": str(exc)}, status_code=400)
+    problem = _event_problem(event)
+    if problem is not None:
+        log.error("rejected a signed Stripe event: bad or missing %s", problem)
+        return JSONResponse({"error": "malformed event", "field": problem}, status_code=400)
     try:
         paid_first = _overtaken_topup(site, event)
     except PaymentError as exc:  # Stripe is asked again when it redelivers the event
@@ -523,6 +650,29 @@ def healthz(site: Site) -> Response:
 # --- the app -----------------------------------------------------------------------------------
 
 
+async def _capped_body(request: Request, limit: int) -> bytes | Response:
+    """The request body, or a 413 once it is known to exceed `limit` bytes: from the declared
+    Content-Length when there is one, else while reading (a chunked body is never read past
+    the limit)."""
+    too_large = JSONResponse(
+        {"error": "body too large", "limit": limit},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdecimal()):
+            return JSONResponse({"error": "bad Content-Length"}, status_code=400)
+        if int(declared) > limit:
+            return too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return too_large
+    return bytes(body)
+
+
 def create_app(
     settings: Settings,
     factory: sessionmaker[Session],
@@ -539,7 +689,13 @@ def create_app(
     campaigns: dict[str, tuple[Brand, Campaign]] = {}
     for brand in brands:
         for campaign in brand.campaigns:
-            campaigns.setdefault(campaign.id, (brand, campaign))
+            if campaign.id in campaigns:
+                first = campaigns[campaign.id][0].brand.id
+                raise DuplicateCampaignError(
+                    f"campaign id {campaign.id!r} is defined by brand {first!r} and by brand "
+                    f"{brand.brand.id!r}; give one of them another id"
+                )
+            campaigns[campaign.id] = (brand, campaign)
     site = Site(
         settings=settings,
         factory=factory,
@@ -558,19 +714,21 @@ def create_app(
 
     @app.post("/stripe/webhook")
     async def _webhook(request: Request) -> Response:
-        payload = await request.body()
+        payload = await _capped_body(request, MAX_WEBHOOK_BODY)
+        if isinstance(payload, Response):
+            return payload
         signature = request.headers.get("stripe-signature")
         return await run_in_threadpool(webhook, site, payload, signature)
 
-    @app.get("/me/{token}")
+    @app.api_route("/me/{token}", methods=["GET", "HEAD"])
     def _me(token: str, paid: str | None = None) -> Response:
         return status_page(site, token, paid == "1")
 
-    @app.get("/c/{campaign_id}")
+    @app.api_route("/c/{campaign_id}", methods=["GET", "HEAD"])
     def _campaign(campaign_id: str) -> Response:
         return campaign_page(site, campaign_id)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     def _healthz() -> Response:
         return healthz(site)
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import stripe
 from sqlalchemy import func, select, update
@@ -66,6 +66,10 @@ class StripeRejectedError(PaymentError):
 
 class BadSignatureError(PaymentError):
     """A webhook whose signature is missing, forged or outside the tolerance window."""
+
+
+class MalformedPayloadError(PaymentError):
+    """A webhook whose signature is valid but whose body is not a JSON object in UTF-8."""
 
 
 class CashoutRefusedError(PaymentError):
@@ -283,16 +287,30 @@ def open_checkout(
 
 def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
     """The event in a webhook body, after checking its `Stripe-Signature` (v1 HMAC-SHA256 over
-    `timestamp.body`, at most 300 s old). Raises `BadSignatureError` otherwise."""
+    `timestamp.body`, at most 300 s old).
+
+    Raises `BadSignatureError` when the signature does not hold (or the body is not UTF-8, which
+    the library cannot check), and `MalformedPayloadError` when it holds but the body is not a
+    JSON object.
+    The signature is always checked first, so an unsigned sender only ever learns that.
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        # Stripe signs UTF-8 JSON; its library checks signatures over text only.
+        raise BadSignatureError("body is not UTF-8, so its signature cannot be checked") from None
     try:
         stripe.WebhookSignature.verify_header(
-            payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
+            text, signature, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
         )
-        event = json.loads(payload)
-    except (stripe.SignatureVerificationError, ValueError) as exc:
+    except stripe.SignatureVerificationError as exc:
         raise BadSignatureError(str(exc).split(".")[0]) from exc
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
-        raise BadSignatureError("body is not a Stripe event")
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise MalformedPayloadError("body is not JSON") from exc
+    if not isinstance(event, dict):
+        raise MalformedPayloadError("body is not a JSON object")
     return event
 
 
@@ -333,6 +351,12 @@ class PaidSession:
     topup_key: str | None
 
 
+def is_buyer_key(value: object) -> TypeGuard[str]:
+    """Whether `value` has the shape of the buyer key flashtag puts in its Checkout Sessions
+    ("platform:account_id"); a paid session without one was made by some other integration."""
+    return isinstance(value, str) and _BUYER_KEY.match(value) is not None
+
+
 def paid_session(obj: Mapping[str, Any]) -> PaidSession | None:
     """The paid top-up in a `checkout.session` object, or None (unpaid, not a one-off payment,
     or not made by flashtag)."""
@@ -344,7 +368,7 @@ def paid_session(obj: Mapping[str, Any]) -> PaidSession | None:
     buyer = obj.get("client_reference_id") or metadata.get("buyer")
     amount = obj.get("amount_total")
     currency = obj.get("currency")
-    if not isinstance(buyer, str) or not _BUYER_KEY.match(buyer):
+    if not is_buyer_key(buyer):
         return None  # a payment some other integration on this Stripe account made
     if not isinstance(amount, int) or not isinstance(currency, str) or len(currency) != 3:
         return None
