@@ -104,23 +104,37 @@ def crontab_weekdays(expr: str) -> str:
     """A five-field crontab line with numeric weekdays spelled out, for APScheduler 3.
 
     APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (7 is Sunday too);
-    names mean the same in both, so `0 9 * * 1-5` stays "weekdays at nine". The clock builds
-    its triggers with this too, so the check here accepts exactly the lines the clock accepts.
+    names mean the same in both, so `0 9 * * 1-5` becomes `mon-fri`, "weekdays at nine". A range
+    from Sunday cannot be a range of names (Sunday is APScheduler's last day), and a step counts
+    from crontab's Sunday, so both are written out as lists of days: `0-6` is every day and
+    `*/2` Sunday, Tuesday, Thursday and Saturday, as in crontab. The clock builds its triggers
+    with this too, so the check here accepts exactly the lines the clock accepts.
     """
     fields = expr.split()
     if len(fields) != 5:
         return expr
-
-    def name(token: str) -> str:
-        return _CRON_WEEKDAYS[int(token)] if token.isdigit() and int(token) < 8 else token
-
-    parts = []
-    for part in fields[4].split(","):
-        body, slash, step = part.partition("/")
-        body = "-".join(name(t) for t in body.split("-"))
-        parts.append(body + slash + step)
-    fields[4] = ",".join(parts)
+    fields[4] = ",".join(_weekday_part(part) for part in fields[4].split(","))
     return " ".join(fields)
+
+
+def _weekday_part(part: str) -> str:
+    body, slash, step = part.partition("/")
+    ends = ["0", "7"] if body == "*" else body.split("-")
+    numeric = all(t.isascii() and t.isdigit() and int(t) < 8 for t in ends) and len(ends) <= 2
+    if not numeric or (body == "*" and not slash):
+        return part  # names, `*`, or something the trigger will refuse as it stands
+    first, last = int(ends[0]), int(ends[-1])
+    if first > last:
+        return part  # a backwards range, which the trigger refuses as crontab does
+    if slash and len(ends) == 1:
+        last = 7  # `a/s`: from a to the end of the week, as crontab reads it
+    if not slash and (first > 0 or first == last):
+        return "-".join(_CRON_WEEKDAYS[int(t)] for t in ends)
+    if slash and not (step.isascii() and step.isdigit() and int(step) > 0):
+        return part
+    days = range(first, last + 1, int(step) if slash else 1)
+    names = dict.fromkeys(_CRON_WEEKDAYS[day] for day in days)  # 0 and 7 are both Sunday
+    return ",".join(names) if names else part
 
 
 def crontab_line(value: str) -> str:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -314,6 +315,19 @@ def test_crontab_weekdays_mean_what_crontab_means() -> None:
     assert crontab_weekdays("30 18 * * 0,6") == "30 18 * * sun,sat"
     assert crontab_weekdays("0 0 * * 7") == "0 0 * * sun"
     assert crontab_weekdays("*/5 * * * *") == "*/5 * * * *"
+    # Ranges from Sunday and steps are crontab's days, written out.
+    every_day = "sun,mon,tue,wed,thu,fri,sat"
+    assert crontab_weekdays("0 9 * * 0-6") == f"0 9 * * {every_day}"
+    assert crontab_weekdays("0 9 * * 0-7") == f"0 9 * * {every_day}"
+    assert crontab_weekdays("0 9 * * */2") == "0 9 * * sun,tue,thu,sat"
+    assert crontab_weekdays("0 9 * * 1-5/2") == "0 9 * * mon,wed,fri"
+    saturday = datetime(2026, 6, 6, 10, 0, tzinfo=UTC)
+    sunday_nine = datetime(2026, 6, 7, 9, 0, tzinfo=UTC)
+    for line in ("0 9 * * 0-6", "0 9 * * */2", "0 9 * * 0-3"):
+        trigger = CronTrigger.from_crontab(crontab_weekdays(line), timezone=UTC)
+        assert trigger.get_next_fire_time(None, saturday) == sunday_nine, line
+    with pytest.raises(ValueError):
+        CronTrigger.from_crontab(crontab_weekdays("0 9 * * 1-0"), timezone=UTC)
 
 
 def test_on_postgresql_leadership_dies_with_the_leaders_connection(pg_url: str) -> None:
