@@ -68,7 +68,9 @@ def explain(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, CampaignLoadError):
         return f"brand file: {exc}"
-    if isinstance(exc, ArgumentError | NoSuchModuleError):
+    if isinstance(exc, NoSuchModuleError) or (
+        isinstance(exc, ArgumentError) and str(exc).startswith("Could not parse SQLAlchemy URL")
+    ):
         return f"database URL: {exc} (set --db or DATABASE_URL, see README)"
     if isinstance(exc, ModuleNotFoundError) and exc.name in _DRIVERS:
         return (
@@ -76,13 +78,19 @@ def explain(exc: BaseException) -> str | None:
             "sqlite:///FILE and postgresql://USER@HOST/DB"
         )
     if isinstance(exc, DBAPIError):
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        first = lines[0] if lines else type(exc.orig).__name__
         if _NO_TABLE.search(first):
             return (
                 f"database: {first}: this database has no flashtag tables yet; "
                 "run `flashtag db upgrade` (with the same --db or DATABASE_URL) first"
             )
-        if isinstance(exc, OperationalError):
+        if _OLD_SCHEMA.search(first):
+            return (
+                f"database: {first}: this database's tables are older than this flashtag; "
+                "run `flashtag db upgrade` (with the same --db or DATABASE_URL)"
+            )
+        if isinstance(exc, OperationalError) and _UNREACHABLE.search(first):
             return f"database: {first}"
     return None
 
@@ -91,3 +99,14 @@ def explain(exc: BaseException) -> str | None:
 _DRIVERS = frozenset({"MySQLdb", "pymysql", "psycopg2", "asyncpg", "pyodbc", "cx_Oracle"})
 # SQLite's and PostgreSQL's words for a table that is not there.
 _NO_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist")
+# ... and for a column that a newer schema added.
+_OLD_SCHEMA = re.compile(
+    r"no such column|column \"[^\"]+\" (of relation \"[^\"]+\" )?does not exist"
+)
+# A database that cannot be opened or reached (anything else is a bug, and keeps its traceback).
+_UNREACHABLE = re.compile(
+    r"unable to open database file|database is locked|connection (failed|refused)"
+    r"|could not connect|could not translate host|password authentication failed"
+    r"|database \"[^\"]+\" does not exist|server closed the connection|timeout expired",
+    re.IGNORECASE,
+)

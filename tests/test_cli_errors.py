@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, select, text
+from sqlalchemy.exc import ArgumentError, OperationalError
 
-from bot.cli import main
+from bot.cli import explain, main
 from config.database import create_engine
 from orders.tables import campaigns, products
 
@@ -121,3 +122,16 @@ def test_a_second_brand_reusing_a_campaign_id_is_refused_and_changes_nothing(
         assert conn.execute(select(campaigns.c.brand_id)).scalars().all() == ["xiaomi"]
         assert set(conn.execute(select(products.c.stock)).scalars()) == {12500}
     engine.dispose()
+
+
+def test_only_what_a_user_can_act_on_loses_its_traceback() -> None:
+    """A bug (a statement SQLite cannot parse, a misuse of SQLAlchemy) keeps its traceback."""
+    assert explain(OperationalError("SELEC 1", {}, Exception('near "SELEC": syntax error'))) is None
+    assert explain(ArgumentError("Column expression expected, got object")) is None
+    assert explain(ValueError("anything else")) is None
+    empty = explain(OperationalError("SELECT 1", {}, Exception("")))
+    assert empty is None  # nothing to go on: the traceback says more
+    stale = explain(OperationalError("SELECT b", {}, Exception("no such column: b")))
+    assert stale is not None and "run `flashtag db upgrade`" in stale
+    locked = explain(OperationalError("BEGIN", {}, Exception("database is locked")))
+    assert locked == "database: database is locked"
