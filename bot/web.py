@@ -418,10 +418,14 @@ def _checkout_problem(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+# The event types whose objects `webhook` reads, and so checks first.
+_CHECKED_EVENTS = frozenset((*PAID_EVENTS, *EXPIRED_EVENTS, *REFUND_EVENTS, "charge.refunded"))
+
+
 def _event_problem(event: Mapping[str, Any]) -> str | None:
     """The first field that makes a signed event unusable (wrong type, missing, negative, out
-    of range, an unknown currency or campaign), or None. Checked before any transaction, so a
-    malformed event changes nothing; events of types not handled here only need an id."""
+    of range), or None. Checked before any transaction, so a malformed event changes nothing;
+    events of types not handled here only need an id."""
     if not _is_id(event.get("id")):
         return "id"
     kind = event.get("type")
@@ -435,8 +439,7 @@ def _event_problem(event: Mapping[str, Any]) -> str | None:
         return "data.object"
     if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) and len(obj["id"]) > 255:
         return "data.object.id"  # longer than the column that records it
-    handled = kind in PAID_EVENTS or kind in EXPIRED_EVENTS or kind in REFUND_EVENTS
-    if not handled and kind != "charge.refunded":
+    if kind not in _CHECKED_EVENTS:
         return None
     if not isinstance(obj, Mapping):
         return "data.object"
